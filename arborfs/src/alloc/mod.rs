@@ -1,0 +1,1 @@
+//! Buckets, generations, alloc keys, the freespace index and the allocator.

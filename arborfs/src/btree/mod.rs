@@ -1,0 +1,3 @@
+//! B-trees: nodes, the node cache, iterators and transactions.
+
+pub mod node_format;

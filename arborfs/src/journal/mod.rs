@@ -1,0 +1,1 @@
+//! The journal: a ring of checksummed entries of btree updates.

@@ -1,0 +1,1 @@
+//! The superblock: primary and backup copies.
