@@ -2,6 +2,10 @@
 //!
 //! Nothing here knows about the filesystem above it.
 
+mod mem;
+
+pub use mem::MemDevice;
+
 use std::io;
 
 /// Storage that the filesystem lives on. All methods take `&self` so one
