@@ -1,3 +1,6 @@
 //! B-trees: nodes, the node cache, iterators and transactions.
 
+pub mod cache;
+pub mod node;
 pub mod node_format;
+pub mod tree;

@@ -139,6 +139,9 @@ impl std::str::FromStr for Pos {
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
 #[repr(u8)]
 pub enum KeyType {
+    /// Marks a position removed since an earlier sorted run of the same node
+    /// (only inside b-tree nodes; never returned by lookups).
+    Deleted = 0,
     /// A deleted key in a snapshot whose ancestor still has the position.
     Whiteout = 1,
     /// Opaque bytes (tests, and btrees whose value the engine does not interpret).
@@ -166,6 +169,7 @@ impl KeyType {
     pub fn from_u8(v: u8) -> Option<KeyType> {
         use KeyType::*;
         Some(match v {
+            0 => Deleted,
             1 => Whiteout,
             2 => Blob,
             3 => Extent,
@@ -187,6 +191,7 @@ impl KeyType {
     pub fn name(self) -> &'static str {
         use KeyType::*;
         match self {
+            Deleted => "deleted",
             Whiteout => "whiteout",
             Blob => "blob",
             Extent => "extent",

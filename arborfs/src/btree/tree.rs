@@ -1,0 +1,648 @@
+//! Operations on one b-tree: lookups, range scans, inserts and deletes with
+//! splits and merges, and writing dirty nodes at a checkpoint.
+//!
+//! The caller holds the b-tree's lock (shared for reads, exclusive for
+//! changes); nodes are reached through the [`NodeCache`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::cache::{NodeCache, NodeRef, is_temp};
+use super::node::{Node, Val};
+use super::node_format::BtreePtr;
+use crate::device::Device;
+use crate::error::{Error, Result, Structure};
+use crate::key::{BtreeId, Key, KeyType, Pos};
+use crate::SECTOR_BYTES;
+
+/// Most bsets a node may have before the next write compacts it.
+const MAX_BSETS: u16 = 32;
+
+/// The state of one b-tree, guarded by that b-tree's lock.
+pub struct TreeState {
+    pub id: BtreeId,
+    pub root: BtreePtr,
+    /// Bumped by every commit that changes the tree (read validation).
+    pub mod_seq: u64,
+    /// Written nodes dropped since the last checkpoint; their space is
+    /// released by the next checkpoint.
+    pub freed: Vec<BtreePtr>,
+}
+
+/// What tree operations need besides the tree itself.
+pub struct TreeCtx<'a> {
+    pub cache: &'a NodeCache,
+    pub dev: &'a dyn Device,
+    pub magic: u64,
+    pub node_size: usize,
+    pub node_seq: &'a AtomicU64,
+}
+
+impl TreeCtx<'_> {
+    fn split_threshold(&self) -> usize {
+        self.node_size * 3 / 4
+    }
+
+    fn merge_threshold(&self) -> usize {
+        self.node_size / 4
+    }
+
+    /// Largest value a key may have so that a split always makes room.
+    pub fn max_value_bytes(&self) -> usize {
+        self.node_size / 4 - 64
+    }
+
+    pub fn next_node_seq(&self) -> u64 {
+        self.node_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A new empty node with a temporary id, in the cache.
+    fn new_node(&self, btree: BtreeId, level: u8, min: Pos, max: Pos) -> (BtreePtr, NodeRef) {
+        let ptr = BtreePtr { offset: self.cache.new_temp_id(), seq: self.next_node_seq(), sectors: 0, generation: 0, level };
+        let node = Node::new_empty(btree, level, min, max, ptr);
+        (ptr, self.cache.insert(ptr.offset, node))
+    }
+
+    /// The node at `ptr`, from the cache or the device.
+    pub fn load(&self, btree: BtreeId, ptr: BtreePtr, min: Pos, max: Pos) -> Result<NodeRef> {
+        if let Some(n) = self.cache.get(ptr.offset) {
+            let g = n.read();
+            if g.ptr.seq == ptr.seq && !g.evicted {
+                drop(g);
+                return Ok(n);
+            }
+            drop(g);
+            if is_temp(ptr.offset) {
+                return Err(Error::corrupted(Structure::BtreeNode, 0, "unwritten node lost from the cache"));
+            }
+            self.cache.remove(ptr.offset);
+        } else if is_temp(ptr.offset) {
+            return Err(Error::corrupted(Structure::BtreeNode, 0, "unwritten node missing from the cache"));
+        }
+        let len = ptr.sectors as u64 * SECTOR_BYTES;
+        if len == 0 || len > self.node_size as u64 || ptr.offset % SECTOR_BYTES != 0 {
+            return Err(Error::corrupted(
+                Structure::BtreeNode,
+                ptr.offset,
+                format!("node pointer with {} sectors (node size {})", ptr.sectors, self.node_size),
+            ));
+        }
+        let mut buf = vec![0u8; len as usize];
+        self.dev.read_at(&mut buf, ptr.offset)?;
+        self.cache.disk_reads.fetch_add(1, Ordering::Relaxed);
+        let node = Node::decode(&buf, self.magic, ptr, btree, min, max)?;
+        let n = self.cache.insert(ptr.offset, node);
+        self.cache.evict_if_needed();
+        Ok(n)
+    }
+
+    /// Runs `f` on the node with exclusive access, reloading it if the cache
+    /// dropped it in the meantime (it was clean, so the disk copy is current).
+    fn with_node_mut<R>(
+        &self,
+        btree: BtreeId,
+        ptr: BtreePtr,
+        min: Pos,
+        max: Pos,
+        f: impl FnOnce(&mut Node) -> R,
+    ) -> Result<R> {
+        loop {
+            let n = self.load(btree, ptr, min, max)?;
+            let mut g = n.write();
+            if g.evicted {
+                continue;
+            }
+            let r = f(&mut g);
+            let mem = g.mem_bytes();
+            drop(g);
+            self.cache.update_mem(ptr.offset, mem);
+            return Ok(r);
+        }
+    }
+}
+
+struct ChildRef {
+    key: Pos,
+    ptr: BtreePtr,
+    min: Pos,
+}
+
+fn child_ptr(node: &Node, key: Pos, val: &Val) -> Result<BtreePtr> {
+    let ptr = Node::child_ptr(val)
+        .ok_or_else(|| Error::corrupted(Structure::BtreeNode, node.ptr.offset, format!("bad child pointer at {key:?}")))?;
+    if ptr.level + 1 != node.level {
+        return Err(Error::corrupted(
+            Structure::BtreeNode,
+            node.ptr.offset,
+            format!("child at {key:?} has level {} under a level {} node", ptr.level, node.level),
+        ));
+    }
+    Ok(ptr)
+}
+
+/// The child of interior `node` whose range holds `pos`.
+fn find_child(node: &Node, pos: Pos) -> Result<ChildRef> {
+    let (key, val) = node.keys.range(pos..).next().ok_or_else(|| {
+        Error::corrupted(Structure::BtreeNode, node.ptr.offset, format!("no child covers {pos:?}"))
+    })?;
+    let min = match node.keys.range(..*key).next_back() {
+        Some((prev, _)) => prev.successor().unwrap_or(Pos::MAX),
+        None => node.min,
+    };
+    Ok(ChildRef { key: *key, ptr: child_ptr(node, *key, val)?, min })
+}
+
+/// Children of interior `node` whose ranges meet `[start, end]`, in order.
+fn children_in_range(node: &Node, start: Pos, end: Pos) -> Result<Vec<ChildRef>> {
+    let mut out = Vec::new();
+    let mut min = match node.keys.range(..start).next_back() {
+        Some((prev, _)) => prev.successor().unwrap_or(Pos::MAX),
+        None => node.min,
+    };
+    for (key, val) in node.keys.range(start..) {
+        if min > end {
+            break;
+        }
+        out.push(ChildRef { key: *key, ptr: child_ptr(node, *key, val)?, min });
+        min = match key.successor() {
+            Some(s) => s,
+            None => break,
+        };
+    }
+    Ok(out)
+}
+
+fn ptr_val(ptr: BtreePtr) -> Val {
+    Val { size: 0, ty: KeyType::BtreePtr, value: ptr.encode().to_vec().into_boxed_slice() }
+}
+
+impl TreeState {
+    pub fn new(id: BtreeId, root: BtreePtr) -> TreeState {
+        TreeState { id, root, mod_seq: 0, freed: Vec::new() }
+    }
+
+    /// The value at exactly `pos`.
+    pub fn get(&self, ctx: &TreeCtx, pos: Pos) -> Result<Option<Val>> {
+        let (mut ptr, mut min, mut max) = (self.root, Pos::MIN, Pos::MAX);
+        loop {
+            let n = ctx.load(self.id, ptr, min, max)?;
+            let g = n.read();
+            if g.is_leaf() {
+                return Ok(g.keys.get(&pos).cloned());
+            }
+            let c = find_child(&g, pos)?;
+            (ptr, min, max) = (c.ptr, c.min, c.key);
+        }
+    }
+
+    /// Appends up to `limit` keys in `[start, end]` to `out`, in order.
+    pub fn scan(&self, ctx: &TreeCtx, start: Pos, end: Pos, limit: usize, out: &mut Vec<Key>) -> Result<()> {
+        if start > end {
+            return Ok(());
+        }
+        self.scan_rec(ctx, self.root, Pos::MIN, Pos::MAX, start, end, limit, out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn scan_rec(
+        &self,
+        ctx: &TreeCtx,
+        ptr: BtreePtr,
+        min: Pos,
+        max: Pos,
+        start: Pos,
+        end: Pos,
+        limit: usize,
+        out: &mut Vec<Key>,
+    ) -> Result<()> {
+        let n = ctx.load(self.id, ptr, min, max)?;
+        let g = n.read();
+        if g.is_leaf() {
+            for (p, v) in g.keys.range(start..=end) {
+                if out.len() >= limit {
+                    break;
+                }
+                out.push(v.to_key(*p));
+            }
+            return Ok(());
+        }
+        let children = children_in_range(&g, start, end)?;
+        drop(g);
+        for c in children {
+            if out.len() >= limit {
+                break;
+            }
+            self.scan_rec(ctx, c.ptr, c.min, c.key, start.max(c.min), end.min(c.key), limit, out)?;
+        }
+        Ok(())
+    }
+
+    /// Appends up to `limit` keys in `[start, end]` to `out`, last first.
+    pub fn scan_rev(&self, ctx: &TreeCtx, start: Pos, end: Pos, limit: usize, out: &mut Vec<Key>) -> Result<()> {
+        if start > end {
+            return Ok(());
+        }
+        self.scan_rev_rec(ctx, self.root, Pos::MIN, Pos::MAX, start, end, limit, out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn scan_rev_rec(
+        &self,
+        ctx: &TreeCtx,
+        ptr: BtreePtr,
+        min: Pos,
+        max: Pos,
+        start: Pos,
+        end: Pos,
+        limit: usize,
+        out: &mut Vec<Key>,
+    ) -> Result<()> {
+        let n = ctx.load(self.id, ptr, min, max)?;
+        let g = n.read();
+        if g.is_leaf() {
+            for (p, v) in g.keys.range(start..=end).rev() {
+                if out.len() >= limit {
+                    break;
+                }
+                out.push(v.to_key(*p));
+            }
+            return Ok(());
+        }
+        let children = children_in_range(&g, start, end)?;
+        drop(g);
+        for c in children.into_iter().rev() {
+            if out.len() >= limit {
+                break;
+            }
+            self.scan_rev_rec(ctx, c.ptr, c.min, c.key, start.max(c.min), end.min(c.key), limit, out)?;
+        }
+        Ok(())
+    }
+
+    /// Loads every node on the paths to `[start, end]` so a following change
+    /// of that range needs no I/O (unless the cache drops them meanwhile).
+    pub fn touch(&self, ctx: &TreeCtx, start: Pos, end: Pos) -> Result<()> {
+        self.touch_rec(ctx, self.root, Pos::MIN, Pos::MAX, start, end)
+    }
+
+    fn touch_rec(&self, ctx: &TreeCtx, ptr: BtreePtr, min: Pos, max: Pos, start: Pos, end: Pos) -> Result<()> {
+        let n = ctx.load(self.id, ptr, min, max)?;
+        let g = n.read();
+        if g.is_leaf() {
+            return Ok(());
+        }
+        let children = children_in_range(&g, start, end)?;
+        drop(g);
+        for c in children {
+            self.touch_rec(ctx, c.ptr, c.min, c.key, start.max(c.min), end.min(c.key))?;
+        }
+        Ok(())
+    }
+
+    /// Inserts or replaces the key at `key.pos`; returns the old value.
+    pub fn insert(&mut self, ctx: &TreeCtx, pos: Pos, val: Val) -> Result<Option<Val>> {
+        if val.value.len() > ctx.max_value_bytes() {
+            return Err(Error::InvalidArgument(format!(
+                "value of {} bytes is larger than the node size allows ({})",
+                val.value.len(),
+                ctx.max_value_bytes()
+            )));
+        }
+        let mut val = Some(val);
+        self.modify(ctx, pos, &mut |n: &mut Node| n.insert(pos, val.take().expect("called once")))
+    }
+
+    /// Removes the key at `pos`; returns the old value.
+    pub fn remove(&mut self, ctx: &TreeCtx, pos: Pos) -> Result<Option<Val>> {
+        // A missing key changes nothing and dirties no node.
+        if self.get(ctx, pos)?.is_none() {
+            return Ok(None);
+        }
+        self.modify(ctx, pos, &mut |n: &mut Node| n.remove(&pos))
+    }
+
+    fn modify(&mut self, ctx: &TreeCtx, pos: Pos, f: &mut dyn FnMut(&mut Node) -> Option<Val>) -> Result<Option<Val>> {
+        let r = self.modify_rec(ctx, self.root, Pos::MIN, Pos::MAX, pos, f)?;
+        self.fix_root(ctx)?;
+        Ok(r)
+    }
+
+    fn modify_rec(
+        &mut self,
+        ctx: &TreeCtx,
+        ptr: BtreePtr,
+        min: Pos,
+        max: Pos,
+        pos: Pos,
+        f: &mut dyn FnMut(&mut Node) -> Option<Val>,
+    ) -> Result<Option<Val>> {
+        let child = {
+            let n = ctx.load(self.id, ptr, min, max)?;
+            let g = n.read();
+            if g.is_leaf() { None } else { Some(find_child(&g, pos)?) }
+        };
+        let Some(c) = child else {
+            return ctx.with_node_mut(self.id, ptr, min, max, |n| f(n));
+        };
+        let r = self.modify_rec(ctx, c.ptr, c.min, c.key, pos, f)?;
+        // The child's pointer is rewritten at the next checkpoint.
+        ctx.with_node_mut(self.id, ptr, min, max, |n| {
+            n.dirty.insert(c.key);
+        })?;
+        self.fix_child(ctx, ptr, min, max, c)?;
+        Ok(r)
+    }
+
+    /// Splits an overfull child or merges an underfull one with a cached sibling.
+    fn fix_child(&mut self, ctx: &TreeCtx, parent: BtreePtr, pmin: Pos, pmax: Pos, c: ChildRef) -> Result<()> {
+        let child = ctx.load(self.id, c.ptr, c.min, c.key)?;
+        let bytes = child.read().live_bytes;
+        if bytes > ctx.split_threshold() {
+            self.split_child(ctx, parent, pmin, pmax, c)
+        } else if bytes < ctx.merge_threshold() {
+            self.try_merge_child(ctx, parent, pmin, pmax, c)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn split_child(&mut self, ctx: &TreeCtx, parent: BtreePtr, pmin: Pos, pmax: Pos, c: ChildRef) -> Result<()> {
+        let split = ctx.with_node_mut(self.id, c.ptr, c.min, c.key, |child| {
+            let half = child.live_bytes / 2;
+            let mut acc = 0;
+            let mut split_key = *child.keys.keys().next().expect("overfull node has keys");
+            for (p, v) in &child.keys {
+                acc += v.encoded_len();
+                split_key = *p;
+                if acc >= half {
+                    break;
+                }
+            }
+            // Interior nodes keep their last key equal to their max.
+            if split_key == child.max {
+                return None;
+            }
+            let right_min = split_key.successor().expect("split key below max");
+            let right_keys = child.keys.split_off(&right_min);
+            let (right_ptr, right) = ctx.new_node(self.id, child.level, right_min, child.max);
+            {
+                let mut r = right.write();
+                for (p, v) in right_keys {
+                    child.live_bytes -= v.encoded_len();
+                    r.insert(p, v);
+                }
+                r.journal_seq = child.journal_seq;
+            }
+            child.max = split_key;
+            child.needs_full_write = true;
+            child.dirty.retain(|p| *p <= split_key);
+            Some((right_ptr, split_key))
+        })?;
+        let Some((right_ptr, split_key)) = split else {
+            return Ok(());
+        };
+        let left_ptr = c.ptr;
+        ctx.with_node_mut(self.id, parent, pmin, pmax, |p| {
+            p.remove(&c.key);
+            p.insert(split_key, ptr_val(left_ptr));
+            p.insert(c.key, ptr_val(right_ptr));
+        })?;
+        Ok(())
+    }
+
+    fn try_merge_child(&mut self, ctx: &TreeCtx, parent: BtreePtr, pmin: Pos, pmax: Pos, c: ChildRef) -> Result<()> {
+        // Pick a sibling: the next child, else the previous one.
+        let sibling = {
+            let pn = ctx.load(self.id, parent, pmin, pmax)?;
+            let g = pn.read();
+            let next = g.keys.range(c.key.successor().unwrap_or(Pos::MAX)..).next();
+            match next {
+                Some((k, v)) if *k > c.key => Some((false, ChildRef { key: *k, ptr: child_ptr(&g, *k, v)?, min: c.key.successor().unwrap() })),
+                _ => match g.keys.range(..c.key).next_back() {
+                    Some((k, v)) => {
+                        let min = match g.keys.range(..*k).next_back() {
+                            Some((pk, _)) => pk.successor().unwrap(),
+                            None => g.min,
+                        };
+                        Some((true, ChildRef { key: *k, ptr: child_ptr(&g, *k, v)?, min }))
+                    }
+                    None => None,
+                },
+            }
+        };
+        let Some((sibling_is_left, s)) = sibling else { return Ok(()) };
+        // Merging is optional: never read a sibling from disk for it.
+        let Some(sn) = ctx.cache.get(s.ptr.offset) else { return Ok(()) };
+        if sn.read().ptr.seq != s.ptr.seq {
+            return Ok(());
+        }
+        let (left, right) = if sibling_is_left { (s, c) } else { (c, s) };
+        let ln = ctx.load(self.id, left.ptr, left.min, left.key)?;
+        let rn = ctx.load(self.id, right.ptr, right.min, right.key)?;
+        let mut lg = ln.write();
+        let mut rg = rn.write();
+        if lg.evicted || rg.evicted {
+            return Ok(());
+        }
+        if lg.live_bytes + rg.live_bytes > ctx.node_size * 2 / 3 {
+            return Ok(());
+        }
+        let moved = std::mem::take(&mut rg.keys);
+        for (p, v) in moved {
+            lg.insert(p, v);
+        }
+        lg.max = rg.max;
+        lg.needs_full_write = true;
+        lg.journal_seq = lg.journal_seq.max(rg.journal_seq);
+        rg.evicted = true;
+        let right_ptr = rg.ptr;
+        let mem = lg.mem_bytes();
+        drop(lg);
+        drop(rg);
+        ctx.cache.update_mem(left.ptr.offset, mem);
+        self.drop_node(ctx, right_ptr);
+        ctx.with_node_mut(self.id, parent, pmin, pmax, |p| {
+            p.remove(&left.key);
+            p.insert(right.key, ptr_val(left.ptr));
+        })?;
+        Ok(())
+    }
+
+    /// Forgets a node; if it was written, its space is released at the next checkpoint.
+    fn drop_node(&mut self, ctx: &TreeCtx, ptr: BtreePtr) {
+        ctx.cache.remove(ptr.offset);
+        if !is_temp(ptr.offset) && ptr.sectors > 0 {
+            self.freed.push(ptr);
+        }
+    }
+
+    fn fix_root(&mut self, ctx: &TreeCtx) -> Result<()> {
+        loop {
+            let root = ctx.load(self.id, self.root, Pos::MIN, Pos::MAX)?;
+            let (bytes, level, only_child) = {
+                let g = root.read();
+                let only = if g.level > 0 && g.keys.len() == 1 {
+                    let (k, v) = g.keys.iter().next().unwrap();
+                    Some(child_ptr(&g, *k, v)?)
+                } else {
+                    None
+                };
+                (g.live_bytes, g.level, only)
+            };
+            if bytes > ctx.split_threshold() {
+                let old = self.root;
+                let (new_ptr, new_root) = ctx.new_node(self.id, level + 1, Pos::MIN, Pos::MAX);
+                new_root.write().insert(Pos::MAX, ptr_val(old));
+                self.root = new_ptr;
+                self.split_child(ctx, new_ptr, Pos::MIN, Pos::MAX, ChildRef { key: Pos::MAX, ptr: old, min: Pos::MIN })?;
+                continue;
+            }
+            if let Some(child) = only_child {
+                let old = self.root;
+                self.root = child;
+                self.drop_node(ctx, old);
+                continue;
+            }
+            return Ok(());
+        }
+    }
+
+    /// Number of dirty nodes (a walk over the dirty part of the tree).
+    pub fn count_dirty(&self, ctx: &TreeCtx) -> Result<usize> {
+        self.count_dirty_rec(ctx, self.root, Pos::MIN, Pos::MAX)
+    }
+
+    fn count_dirty_rec(&self, ctx: &TreeCtx, ptr: BtreePtr, min: Pos, max: Pos) -> Result<usize> {
+        let Some(n) = ctx.cache.get(ptr.offset) else { return Ok(0) };
+        let children = {
+            let g = n.read();
+            if !g.is_dirty() {
+                return Ok(0);
+            }
+            if g.is_leaf() {
+                return Ok(1);
+            }
+            dirty_children(&g)?
+        };
+        let mut total = 1;
+        for c in children {
+            total += self.count_dirty_rec(ctx, c.ptr, c.min, c.key)?;
+        }
+        let _ = (min, max);
+        Ok(total)
+    }
+
+    /// Writes every dirty node, children before parents. `alloc_slot` gives
+    /// the device offset and bucket generation of a fresh node-sized slot.
+    /// Returns true if the root moved.
+    pub fn write_dirty(
+        &mut self,
+        ctx: &TreeCtx,
+        alloc_slot: &mut dyn FnMut() -> Result<(u64, u8)>,
+    ) -> Result<bool> {
+        let old = self.root;
+        let new = self.write_rec(ctx, self.root, Pos::MIN, Pos::MAX, alloc_slot)?;
+        self.root = new;
+        Ok(new != old)
+    }
+
+    fn write_rec(
+        &mut self,
+        ctx: &TreeCtx,
+        ptr: BtreePtr,
+        min: Pos,
+        max: Pos,
+        alloc_slot: &mut dyn FnMut() -> Result<(u64, u8)>,
+    ) -> Result<BtreePtr> {
+        let Some(n) = ctx.cache.get(ptr.offset) else {
+            if is_temp(ptr.offset) {
+                return Err(Error::corrupted(Structure::BtreeNode, 0, "unwritten node missing at checkpoint"));
+            }
+            return Ok(ptr);
+        };
+        let children = {
+            let g = n.read();
+            if !g.is_dirty() {
+                return Ok(ptr);
+            }
+            if g.is_leaf() { Vec::new() } else { dirty_children(&g)? }
+        };
+        let mut new_ptrs = Vec::new();
+        for c in children {
+            let np = self.write_rec(ctx, c.ptr, c.min, c.key, alloc_slot)?;
+            if np != c.ptr {
+                new_ptrs.push((c.key, np));
+            }
+        }
+        let mut g = n.write();
+        for (k, np) in new_ptrs {
+            g.insert(k, ptr_val(np));
+        }
+        debug_assert!(g.min == min && g.max == max, "node range drifted");
+        let old = g.ptr;
+        let delta_fits = !g.needs_full_write
+            && old.sectors > 0
+            && g.bsets < MAX_BSETS
+            && !is_temp(old.offset)
+            && old.sectors as usize * SECTOR_BYTES as usize + delta_len_bound(&g) <= ctx.node_size;
+        if delta_fits {
+            let buf = g.encode_delta(ctx.magic, g.bsets);
+            if old.sectors as usize * 512 + buf.len() <= ctx.node_size {
+                ctx.dev.write_at(&buf, old.offset + old.sectors as u64 * SECTOR_BYTES)?;
+                g.ptr.sectors += (buf.len() / 512) as u32;
+                g.bsets += 1;
+                g.dirty.clear();
+                let newp = g.ptr;
+                let mem = g.mem_bytes();
+                drop(g);
+                ctx.cache.update_mem(newp.offset, mem);
+                return Ok(newp);
+            }
+        }
+        let len = g.live_bytes.next_multiple_of(crate::BLOCK_BYTES as usize);
+        if len > ctx.node_size {
+            return Err(Error::InvalidArgument(format!("node of {len} bytes exceeds the node size {}", ctx.node_size)));
+        }
+        let (offset, generation) = alloc_slot()?;
+        let seq = ctx.next_node_seq();
+        g.ptr = BtreePtr { offset, seq, sectors: (len / 512) as u32, generation, level: g.level };
+        let buf = g.encode_full(ctx.magic);
+        debug_assert_eq!(buf.len(), len);
+        ctx.dev.write_at(&buf, offset)?;
+        g.bsets = 1;
+        g.dirty.clear();
+        g.needs_full_write = false;
+        let newp = g.ptr;
+        let mem = g.mem_bytes();
+        drop(g);
+        ctx.cache.rekey(old.offset, offset);
+        ctx.cache.update_mem(offset, mem);
+        if !is_temp(old.offset) && old.sectors > 0 {
+            self.freed.push(old);
+        }
+        Ok(newp)
+    }
+}
+
+/// Upper bound of the encoded delta bset of `n`.
+fn delta_len_bound(n: &Node) -> usize {
+    let keys: usize = n
+        .dirty
+        .iter()
+        .map(|p| n.keys.get(p).map_or(32, |v| v.encoded_len()))
+        .sum();
+    (super::node_format::BSET_HEADER_BYTES + keys).next_multiple_of(crate::BLOCK_BYTES as usize)
+}
+
+/// Children of a dirty interior node that may be dirty themselves.
+fn dirty_children(n: &Node) -> Result<Vec<ChildRef>> {
+    let all = n.needs_full_write;
+    let mut out = Vec::new();
+    let mut min = n.min;
+    for (k, v) in &n.keys {
+        if all || n.dirty.contains(k) {
+            out.push(ChildRef { key: *k, ptr: child_ptr(n, *k, v)?, min });
+        }
+        min = k.successor().unwrap_or(Pos::MAX);
+    }
+    Ok(out)
+}
