@@ -128,7 +128,8 @@ fn device_size(file: &File) -> io::Result<u64> {
 
 /// `_IOR(0x12, 114, size_t)` from `<linux/fs.h>`.
 #[cfg(target_os = "linux")]
-const BLKGETSIZE64: libc::Ioctl = (2 << 30) | ((size_of::<usize>() as libc::Ioctl) << 16) | (0x12 << 8) | 114;
+const BLKGETSIZE64: libc::Ioctl =
+    (2 << 30) | ((size_of::<usize>() as libc::Ioctl) << 16) | (0x12 << 8) | 114;
 #[cfg(not(target_os = "linux"))]
 compile_error!("FileDevice block device support is only implemented for Linux");
 
@@ -192,7 +193,9 @@ mod tests {
         assert_eq!(&b, b"hello");
         // read-only: writes fail with an IO error carrying the range
         match d.write_at(b"x", 0) {
-            Err(DeviceError::Io { op, offset, len, .. }) => {
+            Err(DeviceError::Io {
+                op, offset, len, ..
+            }) => {
                 assert_eq!((op, offset, len), ("write", 0, 1))
             }
             other => panic!("unexpected {other:?}"),
@@ -213,9 +216,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = FileDevice::create(&dir.path().join("img"), 8192).unwrap();
         let mut b = [0u8; 2];
-        assert!(matches!(d.read_at(&mut b, 8191), Err(DeviceError::OutOfRange { .. })));
-        assert!(matches!(d.write_at(&b, 8191), Err(DeviceError::OutOfRange { .. })));
-        assert!(matches!(d.read_at(&mut b, u64::MAX), Err(DeviceError::OutOfRange { .. })));
+        assert!(matches!(
+            d.read_at(&mut b, 8191),
+            Err(DeviceError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            d.write_at(&b, 8191),
+            Err(DeviceError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            d.read_at(&mut b, u64::MAX),
+            Err(DeviceError::OutOfRange { .. })
+        ));
         d.write_at(&b, 8190).unwrap();
     }
 

@@ -143,7 +143,7 @@ impl RecordingDevice {
                 .count()
         };
         let mut rng = SplitMix64(seed);
-        let torn = if unflushed > 0 && rng.next() % 4 == 0 {
+        let torn = if unflushed > 0 && rng.next().is_multiple_of(4) {
             Some((rng.next() % unflushed as u64) as usize)
         } else {
             None
@@ -268,7 +268,10 @@ mod tests {
         d.read_at(&mut b, 100).unwrap();
         assert_eq!(b, [7; 10]);
         assert_eq!(d.op_count(), 1);
-        assert!(matches!(d.write_at(&[0; 2], 4095), Err(DeviceError::OutOfRange { .. })));
+        assert!(matches!(
+            d.write_at(&[0; 2], 4095),
+            Err(DeviceError::OutOfRange { .. })
+        ));
         assert_eq!(d.op_count(), 1);
     }
 
@@ -346,7 +349,9 @@ mod tests {
         expected[1636..2100].fill(0x55);
         assert!(img == expected);
         // missing entries mean "not kept"
-        let img = d.crash_image(3, |_, _| WriteFate::Torn { keep: vec![false, true] });
+        let img = d.crash_image(3, |_, _| WriteFate::Torn {
+            keep: vec![false, true],
+        });
         let mut expected2 = vec![0u8; 8192];
         expected2[..4096].fill(0xaa);
         expected2[612..1124].fill(0x55);
@@ -375,9 +380,18 @@ mod tests {
         d.write_at(&[1], 0).unwrap();
         let mut b = [0u8; 1];
         d.read_at(&mut b, 0).unwrap();
-        assert!(matches!(d.flush(), Err(DeviceError::Injected { op: "flush" })));
-        assert!(matches!(d.read_at(&mut b, 0), Err(DeviceError::Injected { .. })));
-        assert!(matches!(d.write_at(&[2], 0), Err(DeviceError::Injected { .. })));
+        assert!(matches!(
+            d.flush(),
+            Err(DeviceError::Injected { op: "flush" })
+        ));
+        assert!(matches!(
+            d.read_at(&mut b, 0),
+            Err(DeviceError::Injected { .. })
+        ));
+        assert!(matches!(
+            d.write_at(&[2], 0),
+            Err(DeviceError::Injected { .. })
+        ));
         assert_eq!(d.op_count(), 1);
         d.fail_after(None);
         d.flush().unwrap();
