@@ -2,9 +2,13 @@
 //!
 //! Nothing here knows about the filesystem above it.
 
+mod file;
 mod mem;
+mod recording;
 
+pub use file::FileDevice;
 pub use mem::MemDevice;
+pub use recording::{Op, RecordingDevice, WriteFate};
 
 use std::io;
 
