@@ -7,11 +7,15 @@
 pub mod alloc;
 pub mod btree;
 pub mod device;
+pub mod engine;
 pub mod error;
 pub mod journal;
 pub mod key;
 pub mod sb;
 
+pub use btree::iter::SnapshotAncestry;
+pub use btree::trans::{Durability, Transaction, Update};
+pub use engine::{Engine, EngineOptions};
 pub use error::{Error, Result};
 pub use key::{BtreeId, Key, KeyType, Pos};
 

@@ -62,7 +62,13 @@ pub struct AllocValue {
 
 impl Default for AllocValue {
     fn default() -> AllocValue {
-        AllocValue { generation: 0, data_type: DataType::Free, dirty_sectors: 0, journal_seq_nonempty: 0, journal_seq_empty: 0 }
+        AllocValue {
+            generation: 0,
+            data_type: DataType::Free,
+            dirty_sectors: 0,
+            journal_seq_nonempty: 0,
+            journal_seq_empty: 0,
+        }
     }
 }
 
@@ -129,7 +135,13 @@ mod tests {
 
     #[test]
     fn alloc_value_layout() {
-        let v = AllocValue { generation: 9, data_type: DataType::User, dirty_sectors: 0x0102, journal_seq_nonempty: 5, journal_seq_empty: 6 };
+        let v = AllocValue {
+            generation: 9,
+            data_type: DataType::User,
+            dirty_sectors: 0x0102,
+            journal_seq_nonempty: 5,
+            journal_seq_empty: 6,
+        };
         let b = v.encode();
         assert_eq!(b.len(), ALLOC_VALUE_BYTES);
         assert_eq!(b[0], 9);

@@ -60,7 +60,12 @@ impl ExtentValue {
             return None;
         }
         let n = b[0] as usize;
-        if n == 0 || n > MAX_PTRS || b.len() != EXTENT_HEADER_BYTES + n * EXTENT_PTR_BYTES || b[1] > 2 || b[2] > 2 {
+        if n == 0
+            || n > MAX_PTRS
+            || b.len() != EXTENT_HEADER_BYTES + n * EXTENT_PTR_BYTES
+            || b[1] > 2
+            || b[2] > 2
+        {
             return None;
         }
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
@@ -70,7 +75,10 @@ impl ExtentValue {
             if b[o + 9..o + 16].iter().any(|&x| x != 0) {
                 return None;
             }
-            ptrs.push(ExtentPtr { dev_sector: u64::from_le_bytes(b[o..o + 8].try_into().unwrap()), generation: b[o + 8] });
+            ptrs.push(ExtentPtr {
+                dev_sector: u64::from_le_bytes(b[o..o + 8].try_into().unwrap()),
+                generation: b[o + 8],
+            });
         }
         Some(ExtentValue {
             csum_type: b[1],
@@ -86,7 +94,11 @@ impl ExtentValue {
     /// Sectors this key charges to each bucket it points into. Uncompressed
     /// extents charge what they cover; compressed ones the whole stored size.
     pub fn charged_sectors(&self, key_size: u32) -> u32 {
-        if self.compression == 0 { key_size } else { self.stored_sectors }
+        if self.compression == 0 {
+            key_size
+        } else {
+            self.stored_sectors
+        }
     }
 }
 
@@ -103,7 +115,10 @@ mod tests {
             uncompressed_sectors: 8,
             offset: 2,
             csum: 0xabcd,
-            ptrs: vec![ExtentPtr { dev_sector: 4096, generation: 3 }],
+            ptrs: vec![ExtentPtr {
+                dev_sector: 4096,
+                generation: 3,
+            }],
         };
         let b = v.encode();
         assert_eq!(b.len(), 40);

@@ -26,7 +26,11 @@ use crate::journal::JournalItem;
 use crate::key::{BtreeId, Key, KeyType, Pos};
 
 /// Position of the accounting key in the alloc btree.
-pub const ACCOUNTING_POS: Pos = Pos { inode: u64::MAX, offset: 0, snapshot: 0 };
+pub const ACCOUNTING_POS: Pos = Pos {
+    inode: u64::MAX,
+    offset: 0,
+    snapshot: 0,
+};
 
 pub fn bucket_pos(bucket: u64) -> Pos {
     Pos::new(0, bucket, 0)
@@ -100,7 +104,11 @@ impl BucketDeltas {
     pub fn add(&mut self, bucket: u64, sectors: i64, dt: DataType) {
         let e = self.buckets.entry(bucket).or_insert((0, dt));
         e.0 += sectors;
-        let counter = if dt == DataType::Btree { Counter::BtreeSectors } else { Counter::UserSectors };
+        let counter = if dt == DataType::Btree {
+            Counter::BtreeSectors
+        } else {
+            Counter::UserSectors
+        };
         self.counters[counter as usize] += sectors;
     }
 
@@ -109,8 +117,13 @@ impl BucketDeltas {
         if key.ty != KeyType::Extent {
             return Ok(());
         }
-        let v = ExtentValue::decode(&key.value)
-            .ok_or_else(|| Error::corrupted(Structure::Value, 0, format!("bad extent value at {:?}", key.pos)))?;
+        let v = ExtentValue::decode(&key.value).ok_or_else(|| {
+            Error::corrupted(
+                Structure::Value,
+                0,
+                format!("bad extent value at {:?}", key.pos),
+            )
+        })?;
         let charge = v.charged_sectors(key.size) as i64;
         for p in &v.ptrs {
             self.add(geo.bucket_of(p.dev_sector), sign * charge, DataType::User);
@@ -154,7 +167,11 @@ impl AllocState {
     ) -> Result<OpenBucket> {
         self.note_durable(durable_seq);
         let available = self.free_buckets() - self.open.len() as i64;
-        let reserve = if keep_reserve { self.geo.reserved_buckets() as i64 } else { 0 };
+        let reserve = if keep_reserve {
+            self.geo.reserved_buckets() as i64
+        } else {
+            0
+        };
         if available <= reserve {
             return Err(Error::NoSpace);
         }
@@ -163,11 +180,21 @@ impl AllocState {
         let mut wrapped = false;
         loop {
             let mut batch = Vec::new();
-            freespace.scan(ctx, bucket_pos(start), Pos::new(0, u64::MAX, u32::MAX), 256, &mut batch)?;
+            freespace.scan(
+                ctx,
+                bucket_pos(start),
+                Pos::new(0, u64::MAX, u32::MAX),
+                256,
+                &mut batch,
+            )?;
             for k in &batch {
                 let b = k.pos.offset;
                 if b < geo.first_data_bucket || b >= geo.nbuckets {
-                    return Err(Error::corrupted(Structure::Key, 0, format!("freespace key for bucket {b} outside the data area")));
+                    return Err(Error::corrupted(
+                        Structure::Key,
+                        0,
+                        format!("freespace key for bucket {b} outside the data area"),
+                    ));
                 }
                 if self.open.contains(&b) || self.pending_empty.contains_key(&b) {
                     continue;
@@ -178,7 +205,11 @@ impl AllocState {
                 };
                 self.cursor = b + 1;
                 self.open.insert(b);
-                return Ok(OpenBucket { bucket: b, generation, used_sectors: 0 });
+                return Ok(OpenBucket {
+                    bucket: b,
+                    generation,
+                    used_sectors: 0,
+                });
             }
             match batch.last() {
                 Some(k) if batch.len() == 256 => start = k.pos.offset + 1,
@@ -216,7 +247,11 @@ impl AllocState {
         let dev_sector = ob.bucket * bs + ob.used_sectors;
         ob.used_sectors += n as u64;
         self.data_bucket = Some(ob);
-        Ok(DataAlloc { dev_sector, sectors: n, generation: ob.generation })
+        Ok(DataAlloc {
+            dev_sector,
+            sectors: n,
+            generation: ob.generation,
+        })
     }
 
     /// Makes sure at least `slots` node slots are available in open btree buckets.
@@ -262,17 +297,34 @@ impl AllocState {
 }
 
 pub fn decode_alloc(v: &Val, bucket: u64) -> Result<AllocValue> {
-    AllocValue::decode(&v.value)
-        .ok_or_else(|| Error::corrupted(Structure::Value, 0, format!("bad alloc value for bucket {bucket}")))
+    AllocValue::decode(&v.value).ok_or_else(|| {
+        Error::corrupted(
+            Structure::Value,
+            0,
+            format!("bad alloc value for bucket {bucket}"),
+        )
+    })
 }
 
-fn put(tree: &mut TreeState, ctx: &TreeCtx, btree: BtreeId, key: Key, items: &mut Vec<JournalItem>) -> Result<()> {
+fn put(
+    tree: &mut TreeState,
+    ctx: &TreeCtx,
+    btree: BtreeId,
+    key: Key,
+    items: &mut Vec<JournalItem>,
+) -> Result<()> {
     tree.insert(ctx, key.pos, Val::from_key(&key))?;
     items.push(JournalItem::Put { btree, key });
     Ok(())
 }
 
-fn del(tree: &mut TreeState, ctx: &TreeCtx, btree: BtreeId, pos: Pos, items: &mut Vec<JournalItem>) -> Result<()> {
+fn del(
+    tree: &mut TreeState,
+    ctx: &TreeCtx,
+    btree: BtreeId,
+    pos: Pos,
+    items: &mut Vec<JournalItem>,
+) -> Result<()> {
     tree.remove(ctx, pos)?;
     items.push(JournalItem::Delete { btree, pos });
     Ok(())
@@ -303,28 +355,57 @@ pub fn apply_bucket_deltas(
         let mut new = old;
         let sectors = old.dirty_sectors as i64 + delta;
         if sectors < 0 {
-            tracing::error!(bucket, delta, old = old.dirty_sectors, "bucket sector count would go negative");
+            tracing::error!(
+                bucket,
+                delta,
+                old = old.dirty_sectors,
+                "bucket sector count would go negative"
+            );
         }
         new.dirty_sectors = sectors.clamp(0, u32::MAX as i64) as u32;
         if old.dirty_sectors == 0 && new.dirty_sectors > 0 {
             new.data_type = dt;
-            del(freespace, ctx, BtreeId::Freespace, bucket_pos(bucket), items)?;
+            del(
+                freespace,
+                ctx,
+                BtreeId::Freespace,
+                bucket_pos(bucket),
+                items,
+            )?;
             counters[Counter::FreeBuckets as usize] -= 1;
         } else if old.dirty_sectors > 0 && new.dirty_sectors == 0 && !st.open.contains(&bucket) {
             mark_free(ctx, freespace, &mut new, bucket, items)?;
             counters[Counter::FreeBuckets as usize] += 1;
             emptied.push(bucket);
         }
-        put(alloc, ctx, BtreeId::Alloc, Key::new(bucket_pos(bucket), KeyType::Alloc, new.encode()), items)?;
+        put(
+            alloc,
+            ctx,
+            BtreeId::Alloc,
+            Key::new(bucket_pos(bucket), KeyType::Alloc, new.encode()),
+            items,
+        )?;
     }
     update_counters(ctx, alloc, st, &counters, items)?;
     Ok(emptied)
 }
 
-fn mark_free(ctx: &TreeCtx, freespace: &mut TreeState, v: &mut AllocValue, bucket: u64, items: &mut Vec<JournalItem>) -> Result<()> {
+fn mark_free(
+    ctx: &TreeCtx,
+    freespace: &mut TreeState,
+    v: &mut AllocValue,
+    bucket: u64,
+    items: &mut Vec<JournalItem>,
+) -> Result<()> {
     v.generation = v.generation.wrapping_add(1);
     v.data_type = DataType::Free;
-    put(freespace, ctx, BtreeId::Freespace, Key::new(bucket_pos(bucket), KeyType::Free, Vec::new()), items)
+    put(
+        freespace,
+        ctx,
+        BtreeId::Freespace,
+        Key::new(bucket_pos(bucket), KeyType::Free, Vec::new()),
+        items,
+    )
 }
 
 /// Frees closed buckets that ended up with no live data (they could not be
@@ -342,13 +423,21 @@ pub fn free_closed_empty(
         if st.open.contains(&bucket) {
             continue;
         }
-        let Some(v) = alloc.get(ctx, bucket_pos(bucket))? else { continue };
+        let Some(v) = alloc.get(ctx, bucket_pos(bucket))? else {
+            continue;
+        };
         let mut v = decode_alloc(&v, bucket)?;
         if v.dirty_sectors > 0 || v.data_type == DataType::Free {
             continue;
         }
         mark_free(ctx, freespace, &mut v, bucket, items)?;
-        put(alloc, ctx, BtreeId::Alloc, Key::new(bucket_pos(bucket), KeyType::Alloc, v.encode()), items)?;
+        put(
+            alloc,
+            ctx,
+            BtreeId::Alloc,
+            Key::new(bucket_pos(bucket), KeyType::Alloc, v.encode()),
+            items,
+        )?;
         counters[Counter::FreeBuckets as usize] += 1;
         emptied.push(bucket);
     }
@@ -369,7 +458,11 @@ fn update_counters(
     for (c, d) in st.counters.iter_mut().zip(delta) {
         *c += d;
     }
-    let key = Key::new(ACCOUNTING_POS, KeyType::Accounting, encode_counters(&st.counters));
+    let key = Key::new(
+        ACCOUNTING_POS,
+        KeyType::Accounting,
+        encode_counters(&st.counters),
+    );
     put(alloc, ctx, BtreeId::Alloc, key, items)
 }
 

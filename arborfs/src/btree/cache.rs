@@ -92,7 +92,14 @@ impl NodeCache {
                 e.referenced = true;
                 return e.node.clone();
             }
-            shard.map.insert(id, Entry { node: node.clone(), referenced: true, mem });
+            shard.map.insert(
+                id,
+                Entry {
+                    node: node.clone(),
+                    referenced: true,
+                    mem,
+                },
+            );
             shard.clock.push_back(id);
         }
         self.used.fetch_add(mem, Ordering::Relaxed);
@@ -159,8 +166,12 @@ impl NodeCache {
             if self.used() <= self.limit {
                 break;
             }
-            let Some(id) = shard.clock.pop_front() else { break };
-            let Some(e) = shard.map.get_mut(&id) else { continue };
+            let Some(id) = shard.clock.pop_front() else {
+                break;
+            };
+            let Some(e) = shard.map.get_mut(&id) else {
+                continue;
+            };
             if e.referenced {
                 e.referenced = false;
                 shard.clock.push_back(id);
@@ -202,10 +213,23 @@ mod tests {
     use crate::key::{BtreeId, KeyType, Pos};
 
     fn clean_node(offset: u64, keys: u64) -> Node {
-        let ptr = BtreePtr { offset, seq: 1, sectors: 8, generation: 0, level: 0 };
+        let ptr = BtreePtr {
+            offset,
+            seq: 1,
+            sectors: 8,
+            generation: 0,
+            level: 0,
+        };
         let mut n = Node::new_empty(BtreeId::Inodes, 0, Pos::MIN, Pos::MAX, ptr);
         for i in 0..keys {
-            n.insert(Pos::new(i, 0, 0), Val { size: 0, ty: KeyType::Blob, value: vec![0; 100].into() });
+            n.insert(
+                Pos::new(i, 0, 0),
+                Val {
+                    size: 0,
+                    ty: KeyType::Blob,
+                    value: vec![0; 100].into(),
+                },
+            );
         }
         n.dirty.clear();
         n.needs_full_write = false;

@@ -14,10 +14,10 @@ use super::node_format::{
     BSET_HEADER_BYTES, BsetHeader, BtreePtr, NODE_MAGIC_BASE, bset_checksum, decode_bset_header,
     encode_bset_header,
 };
+use crate::BLOCK_BYTES;
 use crate::error::{Error, Result, Structure};
 use crate::key::key_format::{decode_key, encode_parts, encoded_len};
 use crate::key::{BtreeId, Key, KeyType, Pos};
-use crate::BLOCK_BYTES;
 
 /// The value part of a key held in a node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,11 +29,20 @@ pub struct Val {
 
 impl Val {
     pub fn from_key(key: &Key) -> Val {
-        Val { size: key.size, ty: key.ty, value: key.value.clone().into_boxed_slice() }
+        Val {
+            size: key.size,
+            ty: key.ty,
+            value: key.value.clone().into_boxed_slice(),
+        }
     }
 
     pub fn to_key(&self, pos: Pos) -> Key {
-        Key { pos, size: self.size, ty: self.ty, value: self.value.to_vec() }
+        Key {
+            pos,
+            size: self.size,
+            ty: self.ty,
+            value: self.value.to_vec(),
+        }
     }
 
     pub fn encoded_len(&self) -> usize {
@@ -122,7 +131,10 @@ impl Node {
 
     /// Encodes the whole node as bset 0.
     pub fn encode_full(&self, magic: u64) -> Vec<u8> {
-        let keys = self.keys.iter().map(|(p, v)| (*p, v.size, v.ty, &v.value[..]));
+        let keys = self
+            .keys
+            .iter()
+            .map(|(p, v)| (*p, v.size, v.ty, &v.value[..]));
         self.encode_bset(magic, 0, keys)
     }
 
@@ -169,17 +181,30 @@ impl Node {
 
     /// Reads a node from the bytes its pointer covers, checking that it is
     /// the node the parent expects (btree, level, key range, sequence).
-    pub fn decode(buf: &[u8], magic: u64, ptr: BtreePtr, btree: BtreeId, min: Pos, max: Pos) -> Result<Node> {
-        let corrupt = |at: usize, detail: String| Error::corrupted(Structure::BtreeNode, ptr.offset + at as u64, detail);
+    pub fn decode(
+        buf: &[u8],
+        magic: u64,
+        ptr: BtreePtr,
+        btree: BtreeId,
+        min: Pos,
+        max: Pos,
+    ) -> Result<Node> {
+        let corrupt = |at: usize, detail: String| {
+            Error::corrupted(Structure::BtreeNode, ptr.offset + at as u64, detail)
+        };
         let mut node = Node::new_empty(btree, ptr.level, min, max, ptr);
         node.needs_full_write = false;
         let mut at = 0usize;
         let mut index = 0u16;
         while at < buf.len() {
             let rest = &buf[at..];
-            let hdr = decode_bset_header(rest).ok_or_else(|| corrupt(at, "bset header truncated".into()))?;
+            let hdr = decode_bset_header(rest)
+                .ok_or_else(|| corrupt(at, "bset header truncated".into()))?;
             if hdr.magic != magic {
-                return Err(corrupt(at, format!("bad magic {:#x} in bset {index}", hdr.magic)));
+                return Err(corrupt(
+                    at,
+                    format!("bad magic {:#x} in bset {index}", hdr.magic),
+                ));
             }
             let len = hdr.bset_bytes as usize;
             if len < BSET_HEADER_BYTES || len > rest.len() {
@@ -187,44 +212,78 @@ impl Node {
             }
             let csum = bset_checksum(&rest[..len]);
             if csum != hdr.csum {
-                return Err(corrupt(at, format!("checksum mismatch in bset {index}: stored {:#x}, computed {csum:#x}", hdr.csum)));
+                return Err(corrupt(
+                    at,
+                    format!(
+                        "checksum mismatch in bset {index}: stored {:#x}, computed {csum:#x}",
+                        hdr.csum
+                    ),
+                ));
             }
             if hdr.btree != btree as u8 || hdr.level != ptr.level {
-                return Err(corrupt(at, format!(
-                    "node belongs to btree {} level {}, expected {} level {}",
-                    hdr.btree, hdr.level, btree as u8, ptr.level
-                )));
+                return Err(corrupt(
+                    at,
+                    format!(
+                        "node belongs to btree {} level {}, expected {} level {}",
+                        hdr.btree, hdr.level, btree as u8, ptr.level
+                    ),
+                ));
             }
             if hdr.node_seq != ptr.seq {
-                return Err(corrupt(at, format!("stale node: sequence {} but pointer expects {}", hdr.node_seq, ptr.seq)));
+                return Err(corrupt(
+                    at,
+                    format!(
+                        "stale node: sequence {} but pointer expects {}",
+                        hdr.node_seq, ptr.seq
+                    ),
+                ));
             }
             if hdr.bset_index != index {
-                return Err(corrupt(at, format!("bset index {} where {index} was expected", hdr.bset_index)));
+                return Err(corrupt(
+                    at,
+                    format!("bset index {} where {index} was expected", hdr.bset_index),
+                ));
             }
             if hdr.min != min || hdr.max != max {
-                return Err(corrupt(at, format!(
-                    "key range {:?}..={:?} but parent expects {min:?}..={max:?}",
-                    hdr.min, hdr.max
-                )));
+                return Err(corrupt(
+                    at,
+                    format!(
+                        "key range {:?}..={:?} but parent expects {min:?}..={max:?}",
+                        hdr.min, hdr.max
+                    ),
+                ));
             }
             let mut kat = BSET_HEADER_BYTES;
             let mut prev: Option<Pos> = None;
             for _ in 0..hdr.nkeys {
-                let (key, used) = decode_key(&rest[kat..len]).map_err(|e| corrupt(at + kat, e.to_string()))?;
+                let (key, used) =
+                    decode_key(&rest[kat..len]).map_err(|e| corrupt(at + kat, e.to_string()))?;
                 if prev.is_some_and(|p| p >= key.pos) {
-                    return Err(corrupt(at + kat, format!("keys out of order at {:?}", key.pos)));
+                    return Err(corrupt(
+                        at + kat,
+                        format!("keys out of order at {:?}", key.pos),
+                    ));
                 }
                 if key.pos < min || key.pos > max {
-                    return Err(corrupt(at + kat, format!("key {:?} outside node range", key.pos)));
+                    return Err(corrupt(
+                        at + kat,
+                        format!("key {:?} outside node range", key.pos),
+                    ));
                 }
                 if key.ty == KeyType::Deleted {
                     if index == 0 {
-                        return Err(corrupt(at + kat, "deletion marker in the first bset".into()));
+                        return Err(corrupt(
+                            at + kat,
+                            "deletion marker in the first bset".into(),
+                        ));
                     }
                     node.remove(&key.pos);
                 } else {
                     if (ptr.level > 0) != (key.ty == KeyType::BtreePtr) {
-                        return Err(corrupt(at + kat, format!("key type {} at level {}", key.ty.name(), ptr.level)));
+                        return Err(corrupt(
+                            at + kat,
+                            format!("key type {} at level {}", key.ty.name(), ptr.level),
+                        ));
                     }
                     node.insert(key.pos, Val::from_key(&key));
                 }
@@ -232,11 +291,16 @@ impl Node {
                 kat += used;
             }
             if kat != len {
-                return Err(corrupt(at, format!("bset has {} bytes after its last key", len - kat)));
+                return Err(corrupt(
+                    at,
+                    format!("bset has {} bytes after its last key", len - kat),
+                ));
             }
             node.journal_seq = node.journal_seq.max(hdr.journal_seq);
             at += (len as u64).next_multiple_of(BLOCK_BYTES) as usize;
-            index = index.checked_add(1).ok_or_else(|| corrupt(at, "too many bsets".into()))?;
+            index = index
+                .checked_add(1)
+                .ok_or_else(|| corrupt(at, "too many bsets".into()))?;
         }
         if index == 0 {
             return Err(corrupt(0, "empty node".into()));
@@ -245,7 +309,10 @@ impl Node {
             return Err(corrupt(0, "interior node without children".into()));
         }
         if ptr.level > 0 && node.keys.keys().next_back() != Some(&max) {
-            return Err(corrupt(0, "last child does not end at the node's max key".into()));
+            return Err(corrupt(
+                0,
+                "last child does not end at the node's max key".into(),
+            ));
         }
         node.dirty.clear();
         node.bsets = index;
@@ -262,7 +329,13 @@ mod tests {
     use super::*;
 
     fn ptr(level: u8) -> BtreePtr {
-        BtreePtr { offset: 1 << 20, seq: 42, sectors: 0, generation: 0, level }
+        BtreePtr {
+            offset: 1 << 20,
+            seq: 42,
+            sectors: 0,
+            generation: 0,
+            level,
+        }
     }
 
     #[test]
@@ -270,13 +343,34 @@ mod tests {
         let magic = node_magic(&[7; 16]);
         let mut n = Node::new_empty(BtreeId::Inodes, 0, Pos::MIN, Pos::MAX, ptr(0));
         for i in 0..100u64 {
-            n.insert(Pos::new(1, i, 0), Val { size: 0, ty: KeyType::Blob, value: vec![i as u8; (i % 9) as usize].into() });
+            n.insert(
+                Pos::new(1, i, 0),
+                Val {
+                    size: 0,
+                    ty: KeyType::Blob,
+                    value: vec![i as u8; (i % 9) as usize].into(),
+                },
+            );
         }
         let mut disk = n.encode_full(magic);
         n.dirty.clear();
         n.remove(&Pos::new(1, 5, 0));
-        n.insert(Pos::new(1, 7, 0), Val { size: 0, ty: KeyType::Blob, value: vec![0xee].into() });
-        n.insert(Pos::new(2, 0, 0), Val { size: 0, ty: KeyType::Blob, value: vec![].into() });
+        n.insert(
+            Pos::new(1, 7, 0),
+            Val {
+                size: 0,
+                ty: KeyType::Blob,
+                value: vec![0xee].into(),
+            },
+        );
+        n.insert(
+            Pos::new(2, 0, 0),
+            Val {
+                size: 0,
+                ty: KeyType::Blob,
+                value: vec![].into(),
+            },
+        );
         disk.extend(n.encode_delta(magic, 1));
         let mut p = ptr(0);
         p.sectors = (disk.len() / 512) as u32;
@@ -290,7 +384,14 @@ mod tests {
         let magic = node_magic(&[1; 16]);
         let mut n = Node::new_empty(BtreeId::Extents, 0, Pos::MIN, Pos::MAX, ptr(0));
         for i in 0..20u64 {
-            n.insert(Pos::new(3, i * 8 + 8, 0), Val { size: 8, ty: KeyType::Blob, value: vec![1, 2, 3].into() });
+            n.insert(
+                Pos::new(3, i * 8 + 8, 0),
+                Val {
+                    size: 8,
+                    ty: KeyType::Blob,
+                    value: vec![1, 2, 3].into(),
+                },
+            );
         }
         let disk = n.encode_full(magic);
         let used = BSET_HEADER_BYTES + 20 * 40;
@@ -298,7 +399,10 @@ mod tests {
             let mut bad = disk.clone();
             bad[i] ^= 0x10;
             let r = Node::decode(&bad, magic, ptr(0), BtreeId::Extents, Pos::MIN, Pos::MAX);
-            assert!(matches!(r, Err(Error::Corrupted { .. })), "flip at {i} not detected");
+            assert!(
+                matches!(r, Err(Error::Corrupted { .. })),
+                "flip at {i} not detected"
+            );
         }
     }
 
@@ -309,9 +413,39 @@ mod tests {
         let disk = n.encode_full(magic);
         let mut other_seq = ptr(0);
         other_seq.seq = 43;
-        assert!(Node::decode(&disk, magic, other_seq, BtreeId::Extents, Pos::MIN, Pos::MAX).is_err());
+        assert!(
+            Node::decode(
+                &disk,
+                magic,
+                other_seq,
+                BtreeId::Extents,
+                Pos::MIN,
+                Pos::MAX
+            )
+            .is_err()
+        );
         assert!(Node::decode(&disk, magic, ptr(0), BtreeId::Inodes, Pos::MIN, Pos::MAX).is_err());
-        assert!(Node::decode(&disk, magic, ptr(0), BtreeId::Extents, Pos::new(1, 0, 0), Pos::MAX).is_err());
-        assert!(Node::decode(&disk, magic ^ 1, ptr(0), BtreeId::Extents, Pos::MIN, Pos::MAX).is_err());
+        assert!(
+            Node::decode(
+                &disk,
+                magic,
+                ptr(0),
+                BtreeId::Extents,
+                Pos::new(1, 0, 0),
+                Pos::MAX
+            )
+            .is_err()
+        );
+        assert!(
+            Node::decode(
+                &disk,
+                magic ^ 1,
+                ptr(0),
+                BtreeId::Extents,
+                Pos::MIN,
+                Pos::MAX
+            )
+            .is_err()
+        );
     }
 }

@@ -66,7 +66,11 @@ pub fn encode_bset_header(h: &BsetHeader, out: &mut [u8]) {
 
 /// `None` if `b` is shorter than a header or reserved bytes are not zero.
 pub fn decode_bset_header(b: &[u8]) -> Option<BsetHeader> {
-    if b.len() < BSET_HEADER_BYTES || b[52..56] != [0; 4] || b[76..80] != [0; 4] || b[88..128].iter().any(|&x| x != 0) {
+    if b.len() < BSET_HEADER_BYTES
+        || b[52..56] != [0; 4]
+        || b[76..80] != [0; 4]
+        || b[88..128].iter().any(|&x| x != 0)
+    {
         return None;
     }
     let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());

@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::cache::{NodeCache, NodeRef, is_temp};
 use super::node::{Node, Val};
 use super::node_format::BtreePtr;
+use crate::SECTOR_BYTES;
 use crate::device::Device;
 use crate::error::{Error, Result, Structure};
 use crate::key::{BtreeId, Key, KeyType, Pos};
-use crate::SECTOR_BYTES;
 
 /// Most bsets a node may have before the next write compacts it.
 const MAX_BSETS: u16 = 32;
@@ -57,7 +57,13 @@ impl TreeCtx<'_> {
 
     /// A new empty node with a temporary id, in the cache.
     fn new_node(&self, btree: BtreeId, level: u8, min: Pos, max: Pos) -> (BtreePtr, NodeRef) {
-        let ptr = BtreePtr { offset: self.cache.new_temp_id(), seq: self.next_node_seq(), sectors: 0, generation: 0, level };
+        let ptr = BtreePtr {
+            offset: self.cache.new_temp_id(),
+            seq: self.next_node_seq(),
+            sectors: 0,
+            generation: 0,
+            level,
+        };
         let node = Node::new_empty(btree, level, min, max, ptr);
         (ptr, self.cache.insert(ptr.offset, node))
     }
@@ -72,18 +78,29 @@ impl TreeCtx<'_> {
             }
             drop(g);
             if is_temp(ptr.offset) {
-                return Err(Error::corrupted(Structure::BtreeNode, 0, "unwritten node lost from the cache"));
+                return Err(Error::corrupted(
+                    Structure::BtreeNode,
+                    0,
+                    "unwritten node lost from the cache",
+                ));
             }
             self.cache.remove(ptr.offset);
         } else if is_temp(ptr.offset) {
-            return Err(Error::corrupted(Structure::BtreeNode, 0, "unwritten node missing from the cache"));
+            return Err(Error::corrupted(
+                Structure::BtreeNode,
+                0,
+                "unwritten node missing from the cache",
+            ));
         }
         let len = ptr.sectors as u64 * SECTOR_BYTES;
         if len == 0 || len > self.node_size as u64 || ptr.offset % SECTOR_BYTES != 0 {
             return Err(Error::corrupted(
                 Structure::BtreeNode,
                 ptr.offset,
-                format!("node pointer with {} sectors (node size {})", ptr.sectors, self.node_size),
+                format!(
+                    "node pointer with {} sectors (node size {})",
+                    ptr.sectors, self.node_size
+                ),
             ));
         }
         let mut buf = vec![0u8; len as usize];
@@ -127,13 +144,21 @@ struct ChildRef {
 }
 
 fn child_ptr(node: &Node, key: Pos, val: &Val) -> Result<BtreePtr> {
-    let ptr = Node::child_ptr(val)
-        .ok_or_else(|| Error::corrupted(Structure::BtreeNode, node.ptr.offset, format!("bad child pointer at {key:?}")))?;
+    let ptr = Node::child_ptr(val).ok_or_else(|| {
+        Error::corrupted(
+            Structure::BtreeNode,
+            node.ptr.offset,
+            format!("bad child pointer at {key:?}"),
+        )
+    })?;
     if ptr.level + 1 != node.level {
         return Err(Error::corrupted(
             Structure::BtreeNode,
             node.ptr.offset,
-            format!("child at {key:?} has level {} under a level {} node", ptr.level, node.level),
+            format!(
+                "child at {key:?} has level {} under a level {} node",
+                ptr.level, node.level
+            ),
         ));
     }
     Ok(ptr)
@@ -142,13 +167,21 @@ fn child_ptr(node: &Node, key: Pos, val: &Val) -> Result<BtreePtr> {
 /// The child of interior `node` whose range holds `pos`.
 fn find_child(node: &Node, pos: Pos) -> Result<ChildRef> {
     let (key, val) = node.keys.range(pos..).next().ok_or_else(|| {
-        Error::corrupted(Structure::BtreeNode, node.ptr.offset, format!("no child covers {pos:?}"))
+        Error::corrupted(
+            Structure::BtreeNode,
+            node.ptr.offset,
+            format!("no child covers {pos:?}"),
+        )
     })?;
     let min = match node.keys.range(..*key).next_back() {
         Some((prev, _)) => prev.successor().unwrap_or(Pos::MAX),
         None => node.min,
     };
-    Ok(ChildRef { key: *key, ptr: child_ptr(node, *key, val)?, min })
+    Ok(ChildRef {
+        key: *key,
+        ptr: child_ptr(node, *key, val)?,
+        min,
+    })
 }
 
 /// Children of interior `node` whose ranges meet `[start, end]`, in order.
@@ -162,7 +195,11 @@ fn children_in_range(node: &Node, start: Pos, end: Pos) -> Result<Vec<ChildRef>>
         if min > end {
             break;
         }
-        out.push(ChildRef { key: *key, ptr: child_ptr(node, *key, val)?, min });
+        out.push(ChildRef {
+            key: *key,
+            ptr: child_ptr(node, *key, val)?,
+            min,
+        });
         min = match key.successor() {
             Some(s) => s,
             None => break,
@@ -172,12 +209,21 @@ fn children_in_range(node: &Node, start: Pos, end: Pos) -> Result<Vec<ChildRef>>
 }
 
 fn ptr_val(ptr: BtreePtr) -> Val {
-    Val { size: 0, ty: KeyType::BtreePtr, value: ptr.encode().to_vec().into_boxed_slice() }
+    Val {
+        size: 0,
+        ty: KeyType::BtreePtr,
+        value: ptr.encode().to_vec().into_boxed_slice(),
+    }
 }
 
 impl TreeState {
     pub fn new(id: BtreeId, root: BtreePtr) -> TreeState {
-        TreeState { id, root, mod_seq: 0, freed: Vec::new() }
+        TreeState {
+            id,
+            root,
+            mod_seq: 0,
+            freed: Vec::new(),
+        }
     }
 
     /// The value at exactly `pos`.
@@ -195,7 +241,14 @@ impl TreeState {
     }
 
     /// Appends up to `limit` keys in `[start, end]` to `out`, in order.
-    pub fn scan(&self, ctx: &TreeCtx, start: Pos, end: Pos, limit: usize, out: &mut Vec<Key>) -> Result<()> {
+    pub fn scan(
+        &self,
+        ctx: &TreeCtx,
+        start: Pos,
+        end: Pos,
+        limit: usize,
+        out: &mut Vec<Key>,
+    ) -> Result<()> {
         if start > end {
             return Ok(());
         }
@@ -231,13 +284,29 @@ impl TreeState {
             if out.len() >= limit {
                 break;
             }
-            self.scan_rec(ctx, c.ptr, c.min, c.key, start.max(c.min), end.min(c.key), limit, out)?;
+            self.scan_rec(
+                ctx,
+                c.ptr,
+                c.min,
+                c.key,
+                start.max(c.min),
+                end.min(c.key),
+                limit,
+                out,
+            )?;
         }
         Ok(())
     }
 
     /// Appends up to `limit` keys in `[start, end]` to `out`, last first.
-    pub fn scan_rev(&self, ctx: &TreeCtx, start: Pos, end: Pos, limit: usize, out: &mut Vec<Key>) -> Result<()> {
+    pub fn scan_rev(
+        &self,
+        ctx: &TreeCtx,
+        start: Pos,
+        end: Pos,
+        limit: usize,
+        out: &mut Vec<Key>,
+    ) -> Result<()> {
         if start > end {
             return Ok(());
         }
@@ -273,7 +342,16 @@ impl TreeState {
             if out.len() >= limit {
                 break;
             }
-            self.scan_rev_rec(ctx, c.ptr, c.min, c.key, start.max(c.min), end.min(c.key), limit, out)?;
+            self.scan_rev_rec(
+                ctx,
+                c.ptr,
+                c.min,
+                c.key,
+                start.max(c.min),
+                end.min(c.key),
+                limit,
+                out,
+            )?;
         }
         Ok(())
     }
@@ -284,7 +362,15 @@ impl TreeState {
         self.touch_rec(ctx, self.root, Pos::MIN, Pos::MAX, start, end)
     }
 
-    fn touch_rec(&self, ctx: &TreeCtx, ptr: BtreePtr, min: Pos, max: Pos, start: Pos, end: Pos) -> Result<()> {
+    fn touch_rec(
+        &self,
+        ctx: &TreeCtx,
+        ptr: BtreePtr,
+        min: Pos,
+        max: Pos,
+        start: Pos,
+        end: Pos,
+    ) -> Result<()> {
         let n = ctx.load(self.id, ptr, min, max)?;
         let g = n.read();
         if g.is_leaf() {
@@ -308,7 +394,9 @@ impl TreeState {
             )));
         }
         let mut val = Some(val);
-        self.modify(ctx, pos, &mut |n: &mut Node| n.insert(pos, val.take().expect("called once")))
+        self.modify(ctx, pos, &mut |n: &mut Node| {
+            n.insert(pos, val.take().expect("called once"))
+        })
     }
 
     /// Removes the key at `pos`; returns the old value.
@@ -320,7 +408,12 @@ impl TreeState {
         self.modify(ctx, pos, &mut |n: &mut Node| n.remove(&pos))
     }
 
-    fn modify(&mut self, ctx: &TreeCtx, pos: Pos, f: &mut dyn FnMut(&mut Node) -> Option<Val>) -> Result<Option<Val>> {
+    fn modify(
+        &mut self,
+        ctx: &TreeCtx,
+        pos: Pos,
+        f: &mut dyn FnMut(&mut Node) -> Option<Val>,
+    ) -> Result<Option<Val>> {
         let r = self.modify_rec(ctx, self.root, Pos::MIN, Pos::MAX, pos, f)?;
         self.fix_root(ctx)?;
         Ok(r)
@@ -338,7 +431,11 @@ impl TreeState {
         let child = {
             let n = ctx.load(self.id, ptr, min, max)?;
             let g = n.read();
-            if g.is_leaf() { None } else { Some(find_child(&g, pos)?) }
+            if g.is_leaf() {
+                None
+            } else {
+                Some(find_child(&g, pos)?)
+            }
         };
         let Some(c) = child else {
             return ctx.with_node_mut(self.id, ptr, min, max, |n| f(n));
@@ -353,7 +450,14 @@ impl TreeState {
     }
 
     /// Splits an overfull child or merges an underfull one with a cached sibling.
-    fn fix_child(&mut self, ctx: &TreeCtx, parent: BtreePtr, pmin: Pos, pmax: Pos, c: ChildRef) -> Result<()> {
+    fn fix_child(
+        &mut self,
+        ctx: &TreeCtx,
+        parent: BtreePtr,
+        pmin: Pos,
+        pmax: Pos,
+        c: ChildRef,
+    ) -> Result<()> {
         let child = ctx.load(self.id, c.ptr, c.min, c.key)?;
         let bytes = child.read().live_bytes;
         if bytes > ctx.split_threshold() {
@@ -365,7 +469,14 @@ impl TreeState {
         }
     }
 
-    fn split_child(&mut self, ctx: &TreeCtx, parent: BtreePtr, pmin: Pos, pmax: Pos, c: ChildRef) -> Result<()> {
+    fn split_child(
+        &mut self,
+        ctx: &TreeCtx,
+        parent: BtreePtr,
+        pmin: Pos,
+        pmax: Pos,
+        c: ChildRef,
+    ) -> Result<()> {
         let split = ctx.with_node_mut(self.id, c.ptr, c.min, c.key, |child| {
             let half = child.live_bytes / 2;
             let mut acc = 0;
@@ -409,29 +520,54 @@ impl TreeState {
         Ok(())
     }
 
-    fn try_merge_child(&mut self, ctx: &TreeCtx, parent: BtreePtr, pmin: Pos, pmax: Pos, c: ChildRef) -> Result<()> {
+    fn try_merge_child(
+        &mut self,
+        ctx: &TreeCtx,
+        parent: BtreePtr,
+        pmin: Pos,
+        pmax: Pos,
+        c: ChildRef,
+    ) -> Result<()> {
         // Pick a sibling: the next child, else the previous one.
         let sibling = {
             let pn = ctx.load(self.id, parent, pmin, pmax)?;
             let g = pn.read();
             let next = g.keys.range(c.key.successor().unwrap_or(Pos::MAX)..).next();
             match next {
-                Some((k, v)) if *k > c.key => Some((false, ChildRef { key: *k, ptr: child_ptr(&g, *k, v)?, min: c.key.successor().unwrap() })),
+                Some((k, v)) if *k > c.key => Some((
+                    false,
+                    ChildRef {
+                        key: *k,
+                        ptr: child_ptr(&g, *k, v)?,
+                        min: c.key.successor().unwrap(),
+                    },
+                )),
                 _ => match g.keys.range(..c.key).next_back() {
                     Some((k, v)) => {
                         let min = match g.keys.range(..*k).next_back() {
                             Some((pk, _)) => pk.successor().unwrap(),
                             None => g.min,
                         };
-                        Some((true, ChildRef { key: *k, ptr: child_ptr(&g, *k, v)?, min }))
+                        Some((
+                            true,
+                            ChildRef {
+                                key: *k,
+                                ptr: child_ptr(&g, *k, v)?,
+                                min,
+                            },
+                        ))
                     }
                     None => None,
                 },
             }
         };
-        let Some((sibling_is_left, s)) = sibling else { return Ok(()) };
+        let Some((sibling_is_left, s)) = sibling else {
+            return Ok(());
+        };
         // Merging is optional: never read a sibling from disk for it.
-        let Some(sn) = ctx.cache.get(s.ptr.offset) else { return Ok(()) };
+        let Some(sn) = ctx.cache.get(s.ptr.offset) else {
+            return Ok(());
+        };
         if sn.read().ptr.seq != s.ptr.seq {
             return Ok(());
         }
@@ -493,7 +629,17 @@ impl TreeState {
                 let (new_ptr, new_root) = ctx.new_node(self.id, level + 1, Pos::MIN, Pos::MAX);
                 new_root.write().insert(Pos::MAX, ptr_val(old));
                 self.root = new_ptr;
-                self.split_child(ctx, new_ptr, Pos::MIN, Pos::MAX, ChildRef { key: Pos::MAX, ptr: old, min: Pos::MIN })?;
+                self.split_child(
+                    ctx,
+                    new_ptr,
+                    Pos::MIN,
+                    Pos::MAX,
+                    ChildRef {
+                        key: Pos::MAX,
+                        ptr: old,
+                        min: Pos::MIN,
+                    },
+                )?;
                 continue;
             }
             if let Some(child) = only_child {
@@ -512,7 +658,9 @@ impl TreeState {
     }
 
     fn count_dirty_rec(&self, ctx: &TreeCtx, ptr: BtreePtr, min: Pos, max: Pos) -> Result<usize> {
-        let Some(n) = ctx.cache.get(ptr.offset) else { return Ok(0) };
+        let Some(n) = ctx.cache.get(ptr.offset) else {
+            return Ok(0);
+        };
         let children = {
             let g = n.read();
             if !g.is_dirty() {
@@ -555,7 +703,11 @@ impl TreeState {
     ) -> Result<BtreePtr> {
         let Some(n) = ctx.cache.get(ptr.offset) else {
             if is_temp(ptr.offset) {
-                return Err(Error::corrupted(Structure::BtreeNode, 0, "unwritten node missing at checkpoint"));
+                return Err(Error::corrupted(
+                    Structure::BtreeNode,
+                    0,
+                    "unwritten node missing at checkpoint",
+                ));
             }
             return Ok(ptr);
         };
@@ -564,7 +716,11 @@ impl TreeState {
             if !g.is_dirty() {
                 return Ok(ptr);
             }
-            if g.is_leaf() { Vec::new() } else { dirty_children(&g)? }
+            if g.is_leaf() {
+                Vec::new()
+            } else {
+                dirty_children(&g)?
+            }
         };
         let mut new_ptrs = Vec::new();
         for c in children {
@@ -587,7 +743,8 @@ impl TreeState {
         if delta_fits {
             let buf = g.encode_delta(ctx.magic, g.bsets);
             if old.sectors as usize * 512 + buf.len() <= ctx.node_size {
-                ctx.dev.write_at(&buf, old.offset + old.sectors as u64 * SECTOR_BYTES)?;
+                ctx.dev
+                    .write_at(&buf, old.offset + old.sectors as u64 * SECTOR_BYTES)?;
                 g.ptr.sectors += (buf.len() / 512) as u32;
                 g.bsets += 1;
                 g.dirty.clear();
@@ -600,11 +757,20 @@ impl TreeState {
         }
         let len = g.live_bytes.next_multiple_of(crate::BLOCK_BYTES as usize);
         if len > ctx.node_size {
-            return Err(Error::InvalidArgument(format!("node of {len} bytes exceeds the node size {}", ctx.node_size)));
+            return Err(Error::InvalidArgument(format!(
+                "node of {len} bytes exceeds the node size {}",
+                ctx.node_size
+            )));
         }
         let (offset, generation) = alloc_slot()?;
         let seq = ctx.next_node_seq();
-        g.ptr = BtreePtr { offset, seq, sectors: (len / 512) as u32, generation, level: g.level };
+        g.ptr = BtreePtr {
+            offset,
+            seq,
+            sectors: (len / 512) as u32,
+            generation,
+            level: g.level,
+        };
         let buf = g.encode_full(ctx.magic);
         debug_assert_eq!(buf.len(), len);
         ctx.dev.write_at(&buf, offset)?;
@@ -640,7 +806,11 @@ fn dirty_children(n: &Node) -> Result<Vec<ChildRef>> {
     let mut min = n.min;
     for (k, v) in &n.keys {
         if all || n.dirty.contains(k) {
-            out.push(ChildRef { key: *k, ptr: child_ptr(n, *k, v)?, min });
+            out.push(ChildRef {
+                key: *k,
+                ptr: child_ptr(n, *k, v)?,
+                min,
+            });
         }
         min = k.successor().unwrap_or(Pos::MAX);
     }

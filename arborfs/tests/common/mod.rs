@@ -1,0 +1,29 @@
+#![allow(dead_code)]
+use std::sync::Arc;
+
+use arborfs::device::{Device, MemDevice};
+use arborfs::sb::FormatOptions;
+use arborfs::{Engine, EngineOptions};
+
+/// Small geometry so a few thousand keys make multi-level trees.
+pub fn small_format() -> FormatOptions {
+    FormatOptions {
+        bucket_size: 64 << 10,
+        node_size: 16 << 10,
+        ..Default::default()
+    }
+}
+
+pub fn mem_engine(size: u64) -> (Arc<MemDevice>, Engine) {
+    let dev = Arc::new(MemDevice::new(size));
+    Engine::format(dev.clone(), &small_format()).unwrap();
+    let e = Engine::open(
+        dev.clone() as Arc<dyn Device>,
+        EngineOptions {
+            background: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    (dev, e)
+}
