@@ -1,1 +1,288 @@
-fn main() {}
+//! `arborfs`: format, inspect and (later) mount ArborFS images.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use arborfs::alloc::alloc_format::{AllocValue, Counter, decode_counters};
+use arborfs::alloc::extent_format::ExtentValue;
+use arborfs::device::{Device, FileDevice};
+use arborfs::sb::{ChecksumType, CompressionType, FormatOptions, Superblock};
+use arborfs::{BtreeId, Engine, EngineOptions, Key, KeyType, Pos};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "arborfs", version, about = "ArborFS: a copy-on-write filesystem after bcachefs")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a new filesystem on an image file (created if missing) or block device.
+    Format {
+        /// Size of the image, e.g. 1G, 512M, 1073741824 (default 1G for a new file).
+        #[arg(long)]
+        size: Option<String>,
+        /// Overwrite an existing ArborFS filesystem.
+        #[arg(long)]
+        force: bool,
+        /// Checksum for file data.
+        #[arg(long, default_value = "crc32c")]
+        checksum: ChecksumType,
+        /// Compression for file data.
+        #[arg(long, default_value = "none")]
+        compression: CompressionType,
+        /// Bucket size, e.g. 1M (a power of two).
+        #[arg(long, default_value = "1M")]
+        bucket_size: String,
+        /// B-tree node size, e.g. 256K (a power of two, 16K to 1M).
+        #[arg(long, default_value = "256K")]
+        node_size: String,
+        image: PathBuf,
+    },
+    /// Print the superblock.
+    ShowSuper {
+        #[arg(long)]
+        json: bool,
+        image: PathBuf,
+    },
+    /// Print the keys of one b-tree, one per line.
+    List {
+        /// extents, inodes, dirents, xattrs, reflink, subvolumes, snapshots, alloc or freespace.
+        #[arg(long)]
+        btree: String,
+        /// First position, inode:offset:snapshot.
+        #[arg(long, default_value = "0:0:0")]
+        start: Pos,
+        /// Last position, inode:offset:snapshot.
+        #[arg(long, default_value = "max:max:max")]
+        end: Pos,
+        #[arg(long)]
+        json: bool,
+        image: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Format { size, force, checksum, compression, bucket_size, node_size, image } => {
+            format(&image, size.as_deref(), force, checksum, compression, &bucket_size, &node_size)
+        }
+        Cmd::ShowSuper { json, image } => show_super(&image, json),
+        Cmd::List { btree, start, end, json, image } => list(&image, &btree, start, end, json),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("arborfs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses sizes like `4096`, `64K`, `1M`, `2G`, `1GiB`, `1T`.
+fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &lower[digits.len()..];
+    let n: u64 = digits.parse().with_context(|| format!("bad size {s:?}"))?;
+    let mult: u64 = match unit {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => bail!("bad size unit in {s:?} (use K, M, G or T)"),
+    };
+    n.checked_mul(mult).with_context(|| format!("size {s:?} is too large"))
+}
+
+fn open_dev(image: &Path, writable: bool) -> Result<Arc<dyn Device>> {
+    let dev = FileDevice::open(image, writable).with_context(|| format!("cannot open {}", image.display()))?;
+    Ok(Arc::new(dev))
+}
+
+fn format(
+    image: &Path,
+    size: Option<&str>,
+    force: bool,
+    checksum: ChecksumType,
+    compression: CompressionType,
+    bucket_size: &str,
+    node_size: &str,
+) -> Result<()> {
+    let size = size.map(parse_size).transpose()?;
+    let exists = image.exists();
+    if exists && !force {
+        let dev = open_dev(image, false)?;
+        if dev.size() > 0 && Superblock::read(&*dev).is_ok() {
+            bail!("{} already holds an ArborFS filesystem; use --force to overwrite it", image.display());
+        }
+    }
+    let dev: Arc<dyn Device> = if !exists || std::fs::metadata(image)?.is_file() {
+        let cur = if exists { std::fs::metadata(image)?.len() } else { 0 };
+        let want = size.unwrap_or(if exists { cur } else { 1 << 30 });
+        if want == 0 {
+            bail!("{} is empty; give --size", image.display());
+        }
+        if cur > want {
+            std::fs::OpenOptions::new().write(true).open(image)?.set_len(want)?;
+        }
+        Arc::new(FileDevice::create(image, want)?)
+    } else {
+        open_dev(image, true)?
+    };
+    let opts = FormatOptions {
+        bucket_size: parse_size(bucket_size)?.try_into().context("bucket size too large")?,
+        node_size: parse_size(node_size)?.try_into().context("node size too large")?,
+        data_checksum: checksum,
+        compression,
+        ..Default::default()
+    };
+    let sb = Engine::format(dev, &opts).with_context(|| format!("cannot format {}", image.display()))?;
+    println!(
+        "formatted {}: {} bytes, {} buckets of {} bytes, uuid {}",
+        image.display(),
+        sb.device_size,
+        sb.nbuckets,
+        sb.bucket_size,
+        uuid_str(&sb.uuid)
+    );
+    Ok(())
+}
+
+fn uuid_str(u: &[u8; 16]) -> String {
+    uuid::Uuid::from_bytes(*u).hyphenated().to_string()
+}
+
+fn show_super(image: &Path, as_json: bool) -> Result<()> {
+    let dev = open_dev(image, false)?;
+    let (sb, report) = Superblock::read(&*dev).with_context(|| format!("cannot read the superblock of {}", image.display()))?;
+    let roots: Vec<_> = BtreeId::ALL
+        .iter()
+        .map(|b| {
+            let r = sb.clean.as_ref().and_then(|c| c.roots[b.index()]);
+            json!({"btree": b.name(), "root": r.map(|p| json!({"offset": p.offset, "seq": p.seq, "sectors": p.sectors, "level": p.level}))})
+        })
+        .collect();
+    let v = json!({
+        "magic_ok": true,
+        "version": sb.version,
+        "uuid": uuid_str(&sb.uuid),
+        "device_size": sb.device_size,
+        "block_size": sb.block_size,
+        "bucket_size": sb.bucket_size,
+        "node_size": sb.node_size,
+        "nbuckets": sb.nbuckets,
+        "journal_first_bucket": sb.journal_first_bucket,
+        "journal_nbuckets": sb.journal_nbuckets,
+        "data_checksum": sb.data_checksum.to_string(),
+        "compression": sb.compression.to_string(),
+        "compression_level": sb.compression_level,
+        "seq": sb.seq,
+        "clean": sb.clean.is_some(),
+        "journal_next_seq": sb.clean.as_ref().map(|c| c.journal_next_seq),
+        "roots": roots,
+        "copies": report.to_string(),
+    });
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("ArborFS superblock of {}", image.display());
+    println!("  format version:    {}", sb.version);
+    println!("  uuid:              {}", uuid_str(&sb.uuid));
+    println!("  device size:       {} bytes", sb.device_size);
+    println!("  block size:        {}", sb.block_size);
+    println!("  bucket size:       {}", sb.bucket_size);
+    println!("  node size:         {}", sb.node_size);
+    println!("  buckets:           {}", sb.nbuckets);
+    println!("  journal:           buckets {}..{}", sb.journal_first_bucket, sb.journal_first_bucket + sb.journal_nbuckets);
+    println!("  data checksum:     {}", sb.data_checksum);
+    println!("  compression:       {} (level {})", sb.compression, sb.compression_level);
+    println!("  superblock seq:    {}", sb.seq);
+    println!("  state:             {}", if sb.clean.is_some() { "clean" } else { "not clean (journal replay on next open)" });
+    println!("  copies:            {report}");
+    Ok(())
+}
+
+fn describe(key: &Key) -> serde_json::Value {
+    match key.ty {
+        KeyType::Alloc => match AllocValue::decode(&key.value) {
+            Some(a) => json!({"gen": a.generation, "data_type": a.data_type.name(), "dirty_sectors": a.dirty_sectors}),
+            None => json!({"invalid": true}),
+        },
+        KeyType::Accounting => match decode_counters(&key.value) {
+            Some(c) => json!({
+                "user_sectors": c[Counter::UserSectors as usize],
+                "btree_sectors": c[Counter::BtreeSectors as usize],
+                "free_buckets": c[Counter::FreeBuckets as usize],
+                "uncompressed_sectors": c[Counter::UncompressedSectors as usize],
+            }),
+            None => json!({"invalid": true}),
+        },
+        KeyType::Extent => match ExtentValue::decode(&key.value) {
+            Some(e) => json!({
+                "ptrs": e.ptrs.iter().map(|p| json!({"sector": p.dev_sector, "gen": p.generation})).collect::<Vec<_>>(),
+                "offset": e.offset, "stored_sectors": e.stored_sectors, "csum_type": e.csum_type,
+                "compression": e.compression, "csum": format!("{:#x}", e.csum),
+            }),
+            None => json!({"invalid": true}),
+        },
+        KeyType::Free | KeyType::Whiteout | KeyType::Deleted => json!(null),
+        _ => json!({"bytes": key.value.len(), "hex": hex_prefix(&key.value)}),
+    }
+}
+
+fn hex_prefix(b: &[u8]) -> String {
+    let mut s: String = b.iter().take(32).map(|x| format!("{x:02x}")).collect();
+    if b.len() > 32 {
+        s.push_str("...");
+    }
+    s
+}
+
+fn list(image: &Path, btree: &str, start: Pos, end: Pos, as_json: bool) -> Result<()> {
+    let id = BtreeId::from_name(btree).with_context(|| {
+        let names: Vec<_> = BtreeId::ALL.iter().map(|b| b.name()).collect();
+        format!("unknown btree {btree:?}; one of: {}", names.join(", "))
+    })?;
+    let dev = open_dev(image, false)?;
+    let engine = Engine::open(dev, EngineOptions { read_only: true, background: false, ..Default::default() })
+        .with_context(|| format!("cannot open {}", image.display()))?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    use std::io::Write;
+    for k in engine.iter(id, start, end) {
+        let k = k?;
+        let v = describe(&k);
+        if as_json {
+            let line = json!({"pos": k.pos.to_string(), "type": k.ty.name(), "size": k.size, "value": v});
+            writeln!(out, "{line}")?;
+        } else {
+            writeln!(out, "{} {} size {} {}", k.pos, k.ty.name(), k.size, v)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("64K").unwrap(), 65536);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+}
