@@ -9,11 +9,15 @@ pub struct MemDevice {
 
 impl MemDevice {
     pub fn new(size: u64) -> MemDevice {
-        MemDevice { bytes: RwLock::new(vec![0; size as usize]) }
+        MemDevice {
+            bytes: RwLock::new(vec![0; size as usize]),
+        }
     }
 
     pub fn from_bytes(bytes: Vec<u8>) -> MemDevice {
-        MemDevice { bytes: RwLock::new(bytes) }
+        MemDevice {
+            bytes: RwLock::new(bytes),
+        }
     }
 
     /// A copy of the whole device.
@@ -57,7 +61,10 @@ mod tests {
         let mut b = [0u8; 3];
         d.read_at(&mut b, 100).unwrap();
         assert_eq!(b, [1, 2, 3]);
-        assert!(matches!(d.write_at(&[0; 2], 4095), Err(DeviceError::OutOfRange { .. })));
+        assert!(matches!(
+            d.write_at(&[0; 2], 4095),
+            Err(DeviceError::OutOfRange { .. })
+        ));
         assert!(d.read_at(&mut b, u64::MAX).is_err());
     }
 }
