@@ -341,6 +341,7 @@ mod tests {
 
     #[test]
     fn magic_mixes_uuid() {
+        assert_eq!(JOURNAL_MAGIC, 0x6c6e_4a72_6f62_7241);
         let a = magic_for(&[0; 16]);
         assert_eq!(a, JOURNAL_MAGIC);
         let mut u = [0u8; 16];
