@@ -46,6 +46,11 @@ pub enum Error {
     #[error("no space left on device")]
     NoSpace,
 
+    /// Writing the next journal entry would overwrite entries still needed
+    /// for replay. The engine checkpoints long before this happens.
+    #[error("journal full: checkpoint needed")]
+    JournalFull,
+
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
