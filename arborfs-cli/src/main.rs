@@ -14,7 +14,11 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 #[derive(Parser)]
-#[command(name = "arborfs", version, about = "ArborFS: a copy-on-write filesystem after bcachefs")]
+#[command(
+    name = "arborfs",
+    version,
+    about = "ArborFS: a copy-on-write filesystem after bcachefs"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -70,11 +74,31 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Format { size, force, checksum, compression, bucket_size, node_size, image } => {
-            format(&image, size.as_deref(), force, checksum, compression, &bucket_size, &node_size)
-        }
+        Cmd::Format {
+            size,
+            force,
+            checksum,
+            compression,
+            bucket_size,
+            node_size,
+            image,
+        } => format(
+            &image,
+            size.as_deref(),
+            force,
+            checksum,
+            compression,
+            &bucket_size,
+            &node_size,
+        ),
         Cmd::ShowSuper { json, image } => show_super(&image, json),
-        Cmd::List { btree, start, end, json, image } => list(&image, &btree, start, end, json),
+        Cmd::List {
+            btree,
+            start,
+            end,
+            json,
+            image,
+        } => list(&image, &btree, start, end, json),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -100,11 +124,13 @@ fn parse_size(s: &str) -> Result<u64> {
         "t" | "tb" | "tib" => 1 << 40,
         _ => bail!("bad size unit in {s:?} (use K, M, G or T)"),
     };
-    n.checked_mul(mult).with_context(|| format!("size {s:?} is too large"))
+    n.checked_mul(mult)
+        .with_context(|| format!("size {s:?} is too large"))
 }
 
 fn open_dev(image: &Path, writable: bool) -> Result<Arc<dyn Device>> {
-    let dev = FileDevice::open(image, writable).with_context(|| format!("cannot open {}", image.display()))?;
+    let dev = FileDevice::open(image, writable)
+        .with_context(|| format!("cannot open {}", image.display()))?;
     Ok(Arc::new(dev))
 }
 
@@ -122,30 +148,45 @@ fn format(
     if exists && !force {
         let dev = open_dev(image, false)?;
         if dev.size() > 0 && Superblock::read(&*dev).is_ok() {
-            bail!("{} already holds an ArborFS filesystem; use --force to overwrite it", image.display());
+            bail!(
+                "{} already holds an ArborFS filesystem; use --force to overwrite it",
+                image.display()
+            );
         }
     }
     let dev: Arc<dyn Device> = if !exists || std::fs::metadata(image)?.is_file() {
-        let cur = if exists { std::fs::metadata(image)?.len() } else { 0 };
+        let cur = if exists {
+            std::fs::metadata(image)?.len()
+        } else {
+            0
+        };
         let want = size.unwrap_or(if exists { cur } else { 1 << 30 });
         if want == 0 {
             bail!("{} is empty; give --size", image.display());
         }
         if cur > want {
-            std::fs::OpenOptions::new().write(true).open(image)?.set_len(want)?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(image)?
+                .set_len(want)?;
         }
         Arc::new(FileDevice::create(image, want)?)
     } else {
         open_dev(image, true)?
     };
     let opts = FormatOptions {
-        bucket_size: parse_size(bucket_size)?.try_into().context("bucket size too large")?,
-        node_size: parse_size(node_size)?.try_into().context("node size too large")?,
+        bucket_size: parse_size(bucket_size)?
+            .try_into()
+            .context("bucket size too large")?,
+        node_size: parse_size(node_size)?
+            .try_into()
+            .context("node size too large")?,
         data_checksum: checksum,
         compression,
         ..Default::default()
     };
-    let sb = Engine::format(dev, &opts).with_context(|| format!("cannot format {}", image.display()))?;
+    let sb =
+        Engine::format(dev, &opts).with_context(|| format!("cannot format {}", image.display()))?;
     println!(
         "formatted {}: {} bytes, {} buckets of {} bytes, uuid {}",
         image.display(),
@@ -163,7 +204,8 @@ fn uuid_str(u: &[u8; 16]) -> String {
 
 fn show_super(image: &Path, as_json: bool) -> Result<()> {
     let dev = open_dev(image, false)?;
-    let (sb, report) = Superblock::read(&*dev).with_context(|| format!("cannot read the superblock of {}", image.display()))?;
+    let (sb, report) = Superblock::read(&*dev)
+        .with_context(|| format!("cannot read the superblock of {}", image.display()))?;
     let roots: Vec<_> = BtreeId::ALL
         .iter()
         .map(|b| {
@@ -203,11 +245,25 @@ fn show_super(image: &Path, as_json: bool) -> Result<()> {
     println!("  bucket size:       {}", sb.bucket_size);
     println!("  node size:         {}", sb.node_size);
     println!("  buckets:           {}", sb.nbuckets);
-    println!("  journal:           buckets {}..{}", sb.journal_first_bucket, sb.journal_first_bucket + sb.journal_nbuckets);
+    println!(
+        "  journal:           buckets {}..{}",
+        sb.journal_first_bucket,
+        sb.journal_first_bucket + sb.journal_nbuckets
+    );
     println!("  data checksum:     {}", sb.data_checksum);
-    println!("  compression:       {} (level {})", sb.compression, sb.compression_level);
+    println!(
+        "  compression:       {} (level {})",
+        sb.compression, sb.compression_level
+    );
     println!("  superblock seq:    {}", sb.seq);
-    println!("  state:             {}", if sb.clean.is_some() { "clean" } else { "not clean (journal replay on next open)" });
+    println!(
+        "  state:             {}",
+        if sb.clean.is_some() {
+            "clean"
+        } else {
+            "not clean (journal replay on next open)"
+        }
+    );
     println!("  copies:            {report}");
     Ok(())
 }
@@ -215,7 +271,9 @@ fn show_super(image: &Path, as_json: bool) -> Result<()> {
 fn describe(key: &Key) -> serde_json::Value {
     match key.ty {
         KeyType::Alloc => match AllocValue::decode(&key.value) {
-            Some(a) => json!({"gen": a.generation, "data_type": a.data_type.name(), "dirty_sectors": a.dirty_sectors}),
+            Some(a) => {
+                json!({"gen": a.generation, "data_type": a.data_type.name(), "dirty_sectors": a.dirty_sectors})
+            }
             None => json!({"invalid": true}),
         },
         KeyType::Accounting => match decode_counters(&key.value) {
@@ -254,15 +312,23 @@ fn list(image: &Path, btree: &str, start: Pos, end: Pos, as_json: bool) -> Resul
         format!("unknown btree {btree:?}; one of: {}", names.join(", "))
     })?;
     let dev = open_dev(image, false)?;
-    let engine = Engine::open(dev, EngineOptions { read_only: true, background: false, ..Default::default() })
-        .with_context(|| format!("cannot open {}", image.display()))?;
+    let engine = Engine::open(
+        dev,
+        EngineOptions {
+            read_only: true,
+            background: false,
+            ..Default::default()
+        },
+    )
+    .with_context(|| format!("cannot open {}", image.display()))?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     use std::io::Write;
     for k in engine.iter(id, start, end) {
         let k = k?;
         let v = describe(&k);
         if as_json {
-            let line = json!({"pos": k.pos.to_string(), "type": k.ty.name(), "size": k.size, "value": v});
+            let line =
+                json!({"pos": k.pos.to_string(), "type": k.ty.name(), "size": k.size, "value": v});
             writeln!(out, "{line}")?;
         } else {
             writeln!(out, "{} {} size {} {}", k.pos, k.ty.name(), k.size, v)?;

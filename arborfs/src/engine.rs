@@ -215,7 +215,14 @@ impl Inner {
         )?);
         alloc.mod_seq += 1;
         freespace.mod_seq += 1;
-        let seq = self.journal.write_checkpoint(&items)?;
+        // The entry holding the roots records itself as the oldest entry
+        // needed; the journal reuses older space only once it is durable.
+        let seq = self.journal.current_seq();
+        self.journal.set_last_seq(seq);
+        let got = self.journal.add(&items)?;
+        debug_assert_eq!(got, seq, "checkpoint entry must be the open entry");
+        self.journal.write_pending(true)?;
+        self.journal.flush_seq(got)?;
         for b in emptied {
             st.pending_empty.insert(b, seq);
         }
@@ -361,6 +368,7 @@ impl Engine {
             next_offset: c.journal_next_offset,
             last_seq: c.journal_last_seq,
         });
+        let journal_offset = cfg.region_offset;
         let (journal, replay) = Journal::open(dev.clone(), cfg, clean_pos)?;
         let magic = node_magic(&sb.uuid);
         let cache = NodeCache::new(opts.cache_bytes.max(sb.node_size as usize * 16));
@@ -375,7 +383,7 @@ impl Engine {
             let first = replay.entries.first().ok_or_else(|| {
                 Error::corrupted(
                     Structure::JournalEntry,
-                    cfg.region_offset,
+                    journal_offset,
                     "no journal entries to replay",
                 )
             })?;
@@ -407,7 +415,7 @@ impl Engine {
                 None => {
                     return Err(Error::corrupted(
                         Structure::JournalEntry,
-                        cfg.region_offset,
+                        journal_offset,
                         format!("no root recorded for the {} btree", id.name()),
                     ));
                 }

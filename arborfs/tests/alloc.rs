@@ -17,7 +17,10 @@ fn extent(e: &Engine, inode: u64, start: u64, sectors: u32) -> Key {
         uncompressed_sectors: sectors,
         offset: 0,
         csum: 0,
-        ptrs: vec![ExtentPtr { dev_sector: a.dev_sector, generation: a.generation }],
+        ptrs: vec![ExtentPtr {
+            dev_sector: a.dev_sector,
+            generation: a.generation,
+        }],
     };
     Key::extent(inode, start, sectors, 1, KeyType::Extent, v.encode())
 }
@@ -42,7 +45,12 @@ fn extent_inserts_and_overwrites_update_alloc_keys() {
     assert_eq!((a.dirty_sectors, a.data_type), (16, DataType::User));
     assert_eq!(e.counters()[Counter::UserSectors as usize], 16);
     assert_eq!(e.counters()[Counter::FreeBuckets as usize], free0 - 1);
-    assert!(e.get(BtreeId::Freespace, Pos::new(0, b, 0)).unwrap().is_none(), "bucket left the freespace index");
+    assert!(
+        e.get(BtreeId::Freespace, Pos::new(0, b, 0))
+            .unwrap()
+            .is_none(),
+        "bucket left the freespace index"
+    );
 
     // Overwrite the middle 4 sectors with data elsewhere in the same bucket.
     let k2 = extent(&e, 5, 6, 4);
@@ -51,9 +59,21 @@ fn extent_inserts_and_overwrites_update_alloc_keys() {
         Ok(())
     })
     .unwrap();
-    assert_eq!(e.bucket(b).unwrap().dirty_sectors, 16, "12 of the old extent + 4 new");
-    let keys: Vec<_> = e.iter(BtreeId::Extents, Pos::MIN, Pos::MAX).map(|k| k.unwrap()).collect();
-    assert_eq!(keys.iter().map(|k| (k.start(), k.end())).collect::<Vec<_>>(), vec![(0, 6), (6, 10), (10, 16)]);
+    assert_eq!(
+        e.bucket(b).unwrap().dirty_sectors,
+        16,
+        "12 of the old extent + 4 new"
+    );
+    let keys: Vec<_> = e
+        .iter(BtreeId::Extents, Pos::MIN, Pos::MAX)
+        .map(|k| k.unwrap())
+        .collect();
+    assert_eq!(
+        keys.iter()
+            .map(|k| (k.start(), k.end()))
+            .collect::<Vec<_>>(),
+        vec![(0, 6), (6, 10), (10, 16)]
+    );
     // The back piece points 10 sectors into the original data.
     assert_eq!(ExtentValue::decode(&keys[2].value).unwrap().offset, 10);
 
@@ -92,8 +112,16 @@ fn emptied_bucket_is_reused_with_a_new_generation() {
     let a = e.bucket(b).unwrap();
     assert_eq!(a.dirty_sectors, 0);
     assert_eq!(a.data_type, DataType::Free);
-    assert_eq!(a.generation, gen0.wrapping_add(1), "emptying bumps the generation");
-    assert!(e.get(BtreeId::Freespace, Pos::new(0, b, 0)).unwrap().is_some());
+    assert_eq!(
+        a.generation,
+        gen0.wrapping_add(1),
+        "emptying bumps the generation"
+    );
+    assert!(
+        e.get(BtreeId::Freespace, Pos::new(0, b, 0))
+            .unwrap()
+            .is_some()
+    );
     e.sync().unwrap();
     // Allocate (without keeping data) until the freed bucket comes around again.
     let mut seen = false;
@@ -115,9 +143,23 @@ fn allocation_runs_out_with_enospc_not_a_panic() {
     let err = loop {
         match e.alloc_data(64) {
             Ok(a) => {
-                let v = ExtentValue { csum_type: 0, compression: 0, stored_sectors: a.sectors, uncompressed_sectors: a.sectors, offset: 0, csum: 0, ptrs: vec![ExtentPtr { dev_sector: a.dev_sector, generation: a.generation }] };
+                let v = ExtentValue {
+                    csum_type: 0,
+                    compression: 0,
+                    stored_sectors: a.sectors,
+                    uncompressed_sectors: a.sectors,
+                    offset: 0,
+                    csum: 0,
+                    ptrs: vec![ExtentPtr {
+                        dev_sector: a.dev_sector,
+                        generation: a.generation,
+                    }],
+                };
                 e.transact(Durability::Lazy, |tx| {
-                    tx.put(BtreeId::Extents, Key::extent(1, n * 64, a.sectors, 1, KeyType::Extent, v.encode()));
+                    tx.put(
+                        BtreeId::Extents,
+                        Key::extent(1, n * 64, a.sectors, 1, KeyType::Extent, v.encode()),
+                    );
                     Ok(())
                 })
                 .unwrap();

@@ -26,7 +26,14 @@ fn concurrent_read_modify_write_transactions_are_serializable() {
     let dev = Arc::new(MemDevice::new(128 << 20));
     Engine::format(dev.clone(), &common::small_format()).unwrap();
     let e = Arc::new(
-        Engine::open(dev.clone() as Arc<dyn Device>, EngineOptions { cache_bytes: 2 << 20, ..Default::default() }).unwrap(),
+        Engine::open(
+            dev.clone() as Arc<dyn Device>,
+            EngineOptions {
+                cache_bytes: 2 << 20,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
     );
     let start = Instant::now();
     let handles: Vec<_> = (0..THREADS)
@@ -58,11 +65,21 @@ fn concurrent_read_modify_write_transactions_are_serializable() {
                             uncompressed_sectors: a.sectors,
                             offset: 0,
                             csum: 0,
-                            ptrs: vec![ExtentPtr { dev_sector: a.dev_sector, generation: a.generation }],
+                            ptrs: vec![ExtentPtr {
+                                dev_sector: a.dev_sector,
+                                generation: a.generation,
+                            }],
                         };
                         // Each thread overwrites within its own inode, so old
                         // extents are trimmed and their space released.
-                        Some(Key::extent(100 + t, (rnd() % 64) * 4, a.sectors, 1, KeyType::Extent, v.encode()))
+                        Some(Key::extent(
+                            100 + t,
+                            (rnd() % 64) * 4,
+                            a.sectors,
+                            1,
+                            KeyType::Extent,
+                            v.encode(),
+                        ))
                     } else {
                         None
                     };
@@ -72,9 +89,15 @@ fn concurrent_read_modify_write_transactions_are_serializable() {
                                 .get(BtreeId::Inodes, counter_pos(c))?
                                 .map(|k| u64::from_le_bytes(k.value[..8].try_into().unwrap()))
                                 .unwrap_or(0);
-                            tx.put(BtreeId::Inodes, Key::blob(counter_pos(c), (cur + 1).to_le_bytes().to_vec()));
+                            tx.put(
+                                BtreeId::Inodes,
+                                Key::blob(counter_pos(c), (cur + 1).to_le_bytes().to_vec()),
+                            );
                         }
-                        tx.put(BtreeId::Dirents, Key::blob(Pos::new(2 + t, i, 0), vec![t as u8; 16]));
+                        tx.put(
+                            BtreeId::Dirents,
+                            Key::blob(Pos::new(2 + t, i, 0), vec![t as u8; 16]),
+                        );
                         if let Some(k) = &extent {
                             tx.put(BtreeId::Extents, k.clone());
                         }
@@ -102,15 +125,26 @@ fn concurrent_read_modify_write_transactions_are_serializable() {
             *expected.entry(c).or_default() += n;
         }
     }
-    assert!(start.elapsed() < Duration::from_secs(120), "took too long: {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(120),
+        "took too long: {:?}",
+        start.elapsed()
+    );
     for (c, n) in &expected {
         let got = e.get(BtreeId::Inodes, counter_pos(*c)).unwrap().unwrap();
-        assert_eq!(u64::from_le_bytes(got.value[..8].try_into().unwrap()), *n, "counter {c} lost updates");
+        assert_eq!(
+            u64::from_le_bytes(got.value[..8].try_into().unwrap()),
+            *n,
+            "counter {c} lost updates"
+        );
     }
     let log = e.iter(BtreeId::Dirents, Pos::MIN, Pos::MAX).count() as u64;
     assert_eq!(log, THREADS * TXNS);
     // Accounting equals the live extents.
-    let live: u64 = e.iter(BtreeId::Extents, Pos::MIN, Pos::MAX).map(|k| k.unwrap().size as u64).sum();
+    let live: u64 = e
+        .iter(BtreeId::Extents, Pos::MIN, Pos::MAX)
+        .map(|k| k.unwrap().size as u64)
+        .sum();
     assert_eq!(e.counters()[Counter::UserSectors as usize] as u64, live);
     let e = Arc::try_unwrap(e).ok().expect("sole owner");
     e.close().unwrap();

@@ -44,18 +44,46 @@ impl SnapshotAncestry for Snapshots {
 #[derive(Clone, Debug)]
 enum Op {
     /// Point key in the inodes btree (snapshot-aware), value byte.
-    Put { inode: u64, offset: u64, snap: u32, val: u8, len: usize },
-    Delete { inode: u64, offset: u64, snap: u32 },
-    Whiteout { inode: u64, offset: u64, snap: u32 },
+    Put {
+        inode: u64,
+        offset: u64,
+        snap: u32,
+        val: u8,
+        len: usize,
+    },
+    Delete {
+        inode: u64,
+        offset: u64,
+        snap: u32,
+    },
+    Whiteout {
+        inode: u64,
+        offset: u64,
+        snap: u32,
+    },
     /// Extent `[start, start+len)` of inode in snapshot 100, value tag.
-    Extent { inode: u64, start: u64, len: u32, tag: u8 },
-    Punch { inode: u64, start: u64, len: u64 },
+    Extent {
+        inode: u64,
+        start: u64,
+        len: u32,
+        tag: u8,
+    },
+    Punch {
+        inode: u64,
+        start: u64,
+        len: u64,
+    },
     /// Plain keys in the xattrs btree, to have several trees in one transaction.
-    Xattr { n: u64, val: u8 },
+    Xattr {
+        n: u64,
+        val: u8,
+    },
     Commit,
     Checkpoint,
     Reopen,
-    Scan { inode: u64 },
+    Scan {
+        inode: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -93,7 +121,9 @@ impl Model {
         }
         for ((i, o), mut vs) in groups {
             vs.sort_by_key(|(s, _)| *s);
-            if let Some((s, v)) = vs.into_iter().find(|(s, _)| Snapshots.is_ancestor_or_self(*s, snapshot))
+            if let Some((s, v)) = vs
+                .into_iter()
+                .find(|(s, _)| Snapshots.is_ancestor_or_self(*s, snapshot))
                 && let Some(v) = v
             {
                 out.push((i, o, s, v.clone()));
@@ -104,13 +134,23 @@ impl Model {
 }
 
 fn open(dev: &Arc<MemDevice>) -> Engine {
-    Engine::open(dev.clone() as Arc<dyn Device>, EngineOptions { background: false, cache_bytes: 1 << 20, read_only: false })
-        .expect("open")
+    Engine::open(
+        dev.clone() as Arc<dyn Device>,
+        EngineOptions {
+            background: false,
+            cache_bytes: 1 << 20,
+            read_only: false,
+        },
+    )
+    .expect("open")
 }
 
 fn check(e: &Engine, m: &Model) {
     // Raw contents of the inodes btree.
-    let raw: Vec<_> = e.iter(BtreeId::Inodes, Pos::MIN, Pos::MAX).map(|k| k.unwrap()).collect();
+    let raw: Vec<_> = e
+        .iter(BtreeId::Inodes, Pos::MIN, Pos::MAX)
+        .map(|k| k.unwrap())
+        .collect();
     assert_eq!(raw.len(), m.points.len(), "inodes key count");
     for (k, ((i, o, s), v)) in raw.iter().zip(&m.points) {
         assert_eq!(k.pos, Pos::new(*i, *o, *s));
@@ -145,12 +185,18 @@ fn check(e: &Engine, m: &Model) {
     assert_eq!(sectors, m.sectors, "extent contents");
     // Extent lookup by sector.
     for (&(inode, s), &tag) in m.sectors.iter().step_by(97) {
-        let k = e.extent_at(BtreeId::Extents, inode, 100, s).unwrap().expect("extent present");
+        let k = e
+            .extent_at(BtreeId::Extents, inode, 100, s)
+            .unwrap()
+            .expect("extent present");
         assert!(k.start() <= s && s < k.end());
         assert_eq!(k.value[0], tag);
     }
-    let x: BTreeMap<u64, Vec<u8>> =
-        e.iter(BtreeId::Xattrs, Pos::MIN, Pos::MAX).map(|k| k.unwrap()).map(|k| (k.pos.offset, k.value)).collect();
+    let x: BTreeMap<u64, Vec<u8>> = e
+        .iter(BtreeId::Xattrs, Pos::MIN, Pos::MAX)
+        .map(|k| k.unwrap())
+        .map(|k| (k.pos.offset, k.value))
+        .collect();
     assert_eq!(x, m.xattrs);
 }
 
@@ -165,16 +211,44 @@ fn run(ops: Vec<Op>) {
         let mut tx = e.begin();
         for op in tx_ops.drain(..) {
             match op {
-                Op::Put { inode, offset, snap, val, len } => {
-                    tx.put(BtreeId::Inodes, Key::blob(Pos::new(inode, offset, snap), vec![val; len]))
+                Op::Put {
+                    inode,
+                    offset,
+                    snap,
+                    val,
+                    len,
+                } => tx.put(
+                    BtreeId::Inodes,
+                    Key::blob(Pos::new(inode, offset, snap), vec![val; len]),
+                ),
+                Op::Delete {
+                    inode,
+                    offset,
+                    snap,
+                } => tx.delete(BtreeId::Inodes, Pos::new(inode, offset, snap)),
+                Op::Whiteout {
+                    inode,
+                    offset,
+                    snap,
+                } => tx.put(
+                    BtreeId::Inodes,
+                    Key::whiteout(Pos::new(inode, offset, snap)),
+                ),
+                Op::Extent {
+                    inode,
+                    start,
+                    len,
+                    tag,
+                } => tx.put(
+                    BtreeId::Extents,
+                    Key::extent(inode, start, len, 100, KeyType::Blob, vec![tag; 8]),
+                ),
+                Op::Punch { inode, start, len } => {
+                    tx.delete_range(BtreeId::Extents, inode, 100, start, start + len)
                 }
-                Op::Delete { inode, offset, snap } => tx.delete(BtreeId::Inodes, Pos::new(inode, offset, snap)),
-                Op::Whiteout { inode, offset, snap } => tx.put(BtreeId::Inodes, Key::whiteout(Pos::new(inode, offset, snap))),
-                Op::Extent { inode, start, len, tag } => {
-                    tx.put(BtreeId::Extents, Key::extent(inode, start, len, 100, KeyType::Blob, vec![tag; 8]))
+                Op::Xattr { n, val } => {
+                    tx.put(BtreeId::Xattrs, Key::blob(Pos::new(7, n, 0), vec![val; 3]))
                 }
-                Op::Punch { inode, start, len } => tx.delete_range(BtreeId::Extents, inode, 100, start, start + len),
-                Op::Xattr { n, val } => tx.put(BtreeId::Xattrs, Key::blob(Pos::new(7, n, 0), vec![val; 3])),
                 _ => unreachable!(),
             }
         }
@@ -182,19 +256,40 @@ fn run(ops: Vec<Op>) {
     };
     for op in ops {
         match op {
-            Op::Put { inode, offset, snap, val, len } => {
-                pending.points.insert((inode, offset, snap), Some(vec![val; len]));
+            Op::Put {
+                inode,
+                offset,
+                snap,
+                val,
+                len,
+            } => {
+                pending
+                    .points
+                    .insert((inode, offset, snap), Some(vec![val; len]));
                 tx_ops.push(op);
             }
-            Op::Delete { inode, offset, snap } => {
+            Op::Delete {
+                inode,
+                offset,
+                snap,
+            } => {
                 pending.points.remove(&(inode, offset, snap));
                 tx_ops.push(op);
             }
-            Op::Whiteout { inode, offset, snap } => {
+            Op::Whiteout {
+                inode,
+                offset,
+                snap,
+            } => {
                 pending.points.insert((inode, offset, snap), None);
                 tx_ops.push(op);
             }
-            Op::Extent { inode, start, len, tag } => {
+            Op::Extent {
+                inode,
+                start,
+                len,
+                tag,
+            } => {
                 for s in start..start + len as u64 {
                     pending.sectors.insert((inode, s), tag);
                 }
@@ -224,11 +319,18 @@ fn run(ops: Vec<Op>) {
             }
             Op::Scan { inode } => {
                 let got: Vec<_> = e
-                    .iter(BtreeId::Inodes, Pos::new(inode, 0, 0), Pos::new(inode, u64::MAX, u32::MAX))
+                    .iter(
+                        BtreeId::Inodes,
+                        Pos::new(inode, 0, 0),
+                        Pos::new(inode, u64::MAX, u32::MAX),
+                    )
                     .map(|k| k.unwrap().pos)
                     .collect();
-                let want: Vec<_> =
-                    committed.points.range((inode, 0, 0)..=(inode, u64::MAX, u32::MAX)).map(|((i, o, s), _)| Pos::new(*i, *o, *s)).collect();
+                let want: Vec<_> = committed
+                    .points
+                    .range((inode, 0, 0)..=(inode, u64::MAX, u32::MAX))
+                    .map(|((i, o, s), _)| Pos::new(*i, *o, *s))
+                    .collect();
                 assert_eq!(got, want);
             }
         }
@@ -253,6 +355,9 @@ proptest! {
 fn engine_matches_model_long_run() {
     // One long deterministic run that grows trees to several levels.
     let mut runner = proptest::test_runner::TestRunner::deterministic();
-    let ops = prop::collection::vec(op(), 3000..3001).new_tree(&mut runner).unwrap().current();
+    let ops = prop::collection::vec(op(), 3000..3001)
+        .new_tree(&mut runner)
+        .unwrap()
+        .current();
     run(ops);
 }

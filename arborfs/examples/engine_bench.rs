@@ -1,0 +1,138 @@
+//! Engine benchmark: prints one JSON line per operation.
+//!
+//! `cargo run --release --example engine_bench -- --keys 1000000 [--image PATH]`
+//!
+//! Phases: random inserts in transactions of 100 keys with a 64 MiB node
+//! cache (with peak RSS), then with the default cache: random inserts, warm
+//! random point lookups, a full scan.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arborfs::device::{Device, FileDevice};
+use arborfs::sb::FormatOptions;
+use arborfs::{BtreeId, Durability, Engine, EngineOptions, Key, Pos};
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn key_of(i: u64) -> Pos {
+    // Spread keys over inodes and offsets like inode numbers and dirent hashes.
+    let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    Pos::new(h >> 44, h & 0xFFF_FFFF_FFFF, 0)
+}
+
+fn fresh(path: &std::path::Path, cache: usize) -> Engine {
+    let _ = std::fs::remove_file(path);
+    let dev: Arc<dyn Device> = Arc::new(FileDevice::create(path, 8 << 30).expect("create image"));
+    Engine::format(dev.clone(), &FormatOptions::default()).expect("format");
+    Engine::open(
+        dev,
+        EngineOptions {
+            cache_bytes: cache,
+            ..Default::default()
+        },
+    )
+    .expect("open")
+}
+
+fn insert_all(e: &Engine, n: u64) -> f64 {
+    let mut order: Vec<u64> = (0..n).collect();
+    let mut rng = Rng(42);
+    for i in (1..order.len()).rev() {
+        order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+    }
+    let t = Instant::now();
+    for chunk in order.chunks(100) {
+        let mut tx = e.begin();
+        for &i in chunk {
+            tx.put(
+                BtreeId::Inodes,
+                Key::blob(key_of(i), i.to_le_bytes().to_vec()),
+            );
+        }
+        tx.commit(Durability::Lazy).expect("commit");
+    }
+    e.sync().expect("sync");
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let n: u64 = arg("--keys").map_or(1_000_000, |s| s.parse().expect("--keys N"));
+    let image = std::path::PathBuf::from(
+        arg("--image").unwrap_or_else(|| "/tmp/arborfs-engine-bench.img".into()),
+    );
+
+    {
+        let e = fresh(&image, 64 << 20);
+        let ops = insert_all(&e, n);
+        e.close().expect("close");
+        println!(
+            "{{\"op\":\"insert_64m_cache\",\"keys\":{n},\"ops_per_s\":{ops:.0},\"peak_rss_mb\":{:.1}}}",
+            peak_rss_mb()
+        );
+    }
+
+    let e = fresh(&image, arborfs::engine::DEFAULT_CACHE_BYTES);
+    let ops = insert_all(&e, n);
+    println!("{{\"op\":\"insert\",\"keys\":{n},\"ops_per_s\":{ops:.0}}}");
+
+    let mut rng = Rng(7);
+    let lookups = n.max(1_000_000);
+    let t = Instant::now();
+    for _ in 0..lookups {
+        let i = rng.next() % n;
+        let k = e
+            .get(BtreeId::Inodes, key_of(i))
+            .expect("get")
+            .expect("present");
+        debug_assert_eq!(k.value, i.to_le_bytes());
+    }
+    let ops = lookups as f64 / t.elapsed().as_secs_f64();
+    println!("{{\"op\":\"lookup\",\"keys\":{n},\"ops_per_s\":{ops:.0}}}");
+
+    let t = Instant::now();
+    let count = e
+        .iter(BtreeId::Inodes, Pos::MIN, Pos::MAX)
+        .map(|k| k.expect("scan"))
+        .count() as u64;
+    assert_eq!(count, n);
+    let ops = count as f64 / t.elapsed().as_secs_f64();
+    println!("{{\"op\":\"scan\",\"keys\":{n},\"ops_per_s\":{ops:.0}}}");
+
+    e.close().expect("close");
+    let dev: Arc<dyn Device> = Arc::new(FileDevice::open(&image, true).expect("open image"));
+    let t = Instant::now();
+    let e = Engine::open(dev, EngineOptions::default()).expect("reopen");
+    println!(
+        "{{\"op\":\"open\",\"keys\":{n},\"node_reads\":{},\"ms\":{:.1}}}",
+        e.stats().node_reads,
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    e.close().expect("close");
+    let _ = std::fs::remove_file(&image);
+}
