@@ -87,7 +87,7 @@ fn main() {
         arg("--image").unwrap_or_else(|| "/tmp/arborfs-engine-bench.img".into()),
     );
 
-    {
+    if !std::env::args().any(|a| a == "--skip-small-cache") {
         let e = fresh(&image, 64 << 20);
         let ops = insert_all(&e, n);
         e.close().expect("close");
@@ -115,15 +115,20 @@ fn main() {
     let ops = lookups as f64 / t.elapsed().as_secs_f64();
     println!("{{\"op\":\"lookup\",\"keys\":{n},\"ops_per_s\":{ops:.0}}}");
 
+    let repeat: u64 = arg("--scan-repeat").map_or(1, |s| s.parse().expect("--scan-repeat N"));
     let t = Instant::now();
-    let count = e
-        .iter(BtreeId::Inodes, Pos::MIN, Pos::MAX)
-        .map(|k| k.expect("scan"))
-        .count() as u64;
-    assert_eq!(count, n);
+    let mut count = 0u64;
+    for _ in 0..repeat {
+        for k in e.iter(BtreeId::Inodes, Pos::MIN, Pos::MAX) {
+            k.expect("scan");
+            count += 1;
+        }
+    }
+    assert_eq!(count, n * repeat);
     let ops = count as f64 / t.elapsed().as_secs_f64();
     println!("{{\"op\":\"scan\",\"keys\":{n},\"ops_per_s\":{ops:.0}}}");
 
+    eprintln!("stats after the default-cache phases: {:?}", e.stats());
     e.close().expect("close");
     let dev: Arc<dyn Device> = Arc::new(FileDevice::open(&image, true).expect("open image"));
     let t = Instant::now();

@@ -649,7 +649,7 @@ fn background_loop(inner: Weak<Inner>) {
             continue;
         }
         ticks += 1;
-        let flush = ticks % 20 == 0;
+        let flush = ticks.is_multiple_of(20);
         if let Err(e) = i.journal.write_pending(flush) {
             i.fail(&e);
             continue;

@@ -81,6 +81,9 @@ enum Op {
     Commit,
     Checkpoint,
     Reopen,
+    /// `sync`, then drop the engine without closing it (a crash after the
+    /// sync): everything committed must come back through journal replay.
+    CrashReopen,
     Scan {
         inode: u64,
     },
@@ -99,6 +102,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => Just(Op::Commit),
         1 => Just(Op::Checkpoint),
         1 => Just(Op::Reopen),
+        1 => Just(Op::CrashReopen),
         1 => (0..4u64).prop_map(|inode| Op::Scan { inode }),
     ]
 }
@@ -115,7 +119,8 @@ struct Model {
 impl Model {
     fn visible(&self, snapshot: u32) -> Vec<(u64, u64, u32, Vec<u8>)> {
         let mut out = Vec::new();
-        let mut groups: BTreeMap<(u64, u64), Vec<(u32, &Option<Vec<u8>>)>> = BTreeMap::new();
+        type Versions<'a> = Vec<(u32, &'a Option<Vec<u8>>)>;
+        let mut groups: BTreeMap<(u64, u64), Versions> = BTreeMap::new();
         for ((i, o, s), v) in &self.points {
             groups.entry((*i, *o)).or_default().push((*s, v));
         }
@@ -314,6 +319,14 @@ fn run(ops: Vec<Op>) {
                 flush(&e, &mut tx_ops);
                 committed = pending.clone();
                 e.close().unwrap();
+                e = open(&dev);
+                check(&e, &committed);
+            }
+            Op::CrashReopen => {
+                flush(&e, &mut tx_ops);
+                committed = pending.clone();
+                e.sync().unwrap();
+                drop(e);
                 e = open(&dev);
                 check(&e, &committed);
             }

@@ -6,10 +6,11 @@
 //! offset until they are written.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 
 use super::node::Node;
 
@@ -25,18 +26,39 @@ pub fn is_temp(id: u64) -> bool {
 
 struct Entry {
     node: NodeRef,
-    referenced: bool,
+    referenced: AtomicBool,
     mem: usize,
+}
+
+/// Node ids are device offsets or counters: multiply-shift mixes them well
+/// enough, far cheaper than SipHash.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(26)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) ^ *b as u64;
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
 }
 
 #[derive(Default)]
 struct Shard {
-    map: HashMap<u64, Entry>,
+    map: HashMap<u64, Entry, BuildHasherDefault<IdHasher>>,
     clock: VecDeque<u64>,
 }
 
 pub struct NodeCache {
-    shards: Vec<Mutex<Shard>>,
+    shards: Vec<RwLock<Shard>>,
     limit: usize,
     used: AtomicUsize,
     next_temp: AtomicU64,
@@ -48,7 +70,7 @@ pub struct NodeCache {
 impl NodeCache {
     pub fn new(limit: usize) -> NodeCache {
         NodeCache {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
             limit,
             used: AtomicUsize::new(0),
             next_temp: AtomicU64::new(1),
@@ -57,7 +79,7 @@ impl NodeCache {
         }
     }
 
-    fn shard(&self, id: u64) -> &Mutex<Shard> {
+    fn shard(&self, id: u64) -> &RwLock<Shard> {
         let h = (id >> 12).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60;
         &self.shards[h as usize % SHARDS]
     }
@@ -75,9 +97,11 @@ impl NodeCache {
     }
 
     pub fn get(&self, id: u64) -> Option<NodeRef> {
-        let mut shard = self.shard(id).lock();
-        let e = shard.map.get_mut(&id)?;
-        e.referenced = true;
+        let shard = self.shard(id).read();
+        let e = shard.map.get(&id)?;
+        if !e.referenced.load(Ordering::Relaxed) {
+            e.referenced.store(true, Ordering::Relaxed);
+        }
         Some(e.node.clone())
     }
 
@@ -87,16 +111,16 @@ impl NodeCache {
         let mem = node.mem_bytes();
         let node = Arc::new(RwLock::new(node));
         {
-            let mut shard = self.shard(id).lock();
+            let mut shard = self.shard(id).write();
             if let Some(e) = shard.map.get_mut(&id) {
-                e.referenced = true;
+                *e.referenced.get_mut() = true;
                 return e.node.clone();
             }
             shard.map.insert(
                 id,
                 Entry {
                     node: node.clone(),
-                    referenced: true,
+                    referenced: AtomicBool::new(true),
                     mem,
                 },
             );
@@ -107,7 +131,7 @@ impl NodeCache {
     }
 
     pub fn remove(&self, id: u64) {
-        let mut shard = self.shard(id).lock();
+        let mut shard = self.shard(id).write();
         if let Some(e) = shard.map.remove(&id) {
             self.used.fetch_sub(e.mem, Ordering::Relaxed);
             e.node.write().evicted = true;
@@ -117,11 +141,11 @@ impl NodeCache {
     /// Moves a node to a new id (it was written to a new location).
     pub fn rekey(&self, old: u64, new: u64) {
         let entry = {
-            let mut shard = self.shard(old).lock();
+            let mut shard = self.shard(old).write();
             shard.map.remove(&old)
         };
         if let Some(e) = entry {
-            let mut shard = self.shard(new).lock();
+            let mut shard = self.shard(new).write();
             shard.clock.push_back(new);
             shard.map.insert(new, e);
         }
@@ -129,7 +153,7 @@ impl NodeCache {
 
     /// Refreshes the memory estimate of a node after it changed.
     pub fn update_mem(&self, id: u64, mem: usize) {
-        let mut shard = self.shard(id).lock();
+        let mut shard = self.shard(id).write();
         if let Some(e) = shard.map.get_mut(&id) {
             if mem >= e.mem {
                 self.used.fetch_add(mem - e.mem, Ordering::Relaxed);
@@ -159,7 +183,7 @@ impl NodeCache {
 
     /// One CLOCK sweep over a shard; true if anything was evicted.
     fn evict_from_shard(&self, i: usize) -> bool {
-        let mut shard = self.shards[i].lock();
+        let mut shard = self.shards[i].write();
         let mut evicted = false;
         let n = shard.clock.len();
         for _ in 0..n {
@@ -172,8 +196,8 @@ impl NodeCache {
             let Some(e) = shard.map.get_mut(&id) else {
                 continue;
             };
-            if e.referenced {
-                e.referenced = false;
+            if *e.referenced.get_mut() {
+                *e.referenced.get_mut() = false;
                 shard.clock.push_back(id);
                 continue;
             }
@@ -197,7 +221,7 @@ impl NodeCache {
 
     /// Ids of every cached node (tests and checkpoint bookkeeping).
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().map.len()).sum()
+        self.shards.iter().map(|s| s.read().map.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -131,11 +131,11 @@ impl Iterator for Iter<'_> {
     type Item = Result<Key>;
 
     fn next(&mut self) -> Option<Result<Key>> {
-        if self.buf.is_empty() {
-            if let Err(e) = self.refill() {
-                self.cursor = None;
-                return Some(Err(e));
-            }
+        if self.buf.is_empty()
+            && let Err(e) = self.refill()
+        {
+            self.cursor = None;
+            return Some(Err(e));
         }
         self.buf.pop_front().map(Ok)
     }

@@ -130,7 +130,7 @@ impl<'e> Transaction<'e> {
         let ctx = self.inner.ctx();
         let tree = self.inner.tree(btree).read();
         self.note_read(btree, &tree)?;
-        Ok(tree.get(&ctx, pos)?.map(|v| v.to_key(pos)))
+        tree.get_with(&ctx, pos, |v| v.to_key(pos))
     }
 
     /// Up to `limit` committed keys in `[start, end]`, in order. Queued

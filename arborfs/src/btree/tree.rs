@@ -93,7 +93,7 @@ impl TreeCtx<'_> {
             ));
         }
         let len = ptr.sectors as u64 * SECTOR_BYTES;
-        if len == 0 || len > self.node_size as u64 || ptr.offset % SECTOR_BYTES != 0 {
+        if len == 0 || len > self.node_size as u64 || !ptr.offset.is_multiple_of(SECTOR_BYTES) {
             return Err(Error::corrupted(
                 Structure::BtreeNode,
                 ptr.offset,
@@ -228,15 +228,49 @@ impl TreeState {
 
     /// The value at exactly `pos`.
     pub fn get(&self, ctx: &TreeCtx, pos: Pos) -> Result<Option<Val>> {
-        let (mut ptr, mut min, mut max) = (self.root, Pos::MIN, Pos::MAX);
+        self.get_with(ctx, pos, |v| v.clone())
+    }
+
+    /// Runs `f` on the value at exactly `pos` without copying it first.
+    pub fn get_with<R>(
+        &self,
+        ctx: &TreeCtx,
+        pos: Pos,
+        f: impl FnOnce(&Val) -> R,
+    ) -> Result<Option<R>> {
+        let mut n = ctx.load(self.id, self.root, Pos::MIN, Pos::MAX)?;
         loop {
-            let n = ctx.load(self.id, ptr, min, max)?;
-            let g = n.read();
-            if g.is_leaf() {
-                return Ok(g.keys.get(&pos).cloned());
-            }
-            let c = find_child(&g, pos)?;
-            (ptr, min, max) = (c.ptr, c.min, c.key);
+            let next = {
+                let g = n.read();
+                if g.is_leaf() {
+                    return Ok(g.keys.get(&pos).map(f));
+                }
+                let (key, val) = g.keys.range(pos..).next().ok_or_else(|| {
+                    Error::corrupted(
+                        Structure::BtreeNode,
+                        g.ptr.offset,
+                        format!("no child covers {pos:?}"),
+                    )
+                })?;
+                let cptr = child_ptr(&g, *key, val)?;
+                // The child's lower bound is only needed to validate a read from disk.
+                match ctx.cache.get(cptr.offset) {
+                    Some(c)
+                        if {
+                            let cg = c.read();
+                            cg.ptr.seq == cptr.seq && !cg.evicted
+                        } =>
+                    {
+                        c
+                    }
+                    _ => {
+                        let c = find_child(&g, pos)?;
+                        drop(g);
+                        ctx.load(self.id, c.ptr, c.min, c.key)?
+                    }
+                }
+            };
+            n = next;
         }
     }
 
@@ -278,22 +312,31 @@ impl TreeState {
             }
             return Ok(());
         }
-        let children = children_in_range(&g, start, end)?;
-        drop(g);
-        for c in children {
-            if out.len() >= limit {
+        // Holding a node's read guard while descending is safe: writers need
+        // the b-tree's write lock, and eviction only ever tries.
+        let mut min = match g.keys.range(..start).next_back() {
+            Some((prev, _)) => prev.successor().unwrap_or(Pos::MAX),
+            None => g.min,
+        };
+        for (key, val) in g.keys.range(start..) {
+            if min > end || out.len() >= limit {
                 break;
             }
+            let cptr = child_ptr(&g, *key, val)?;
             self.scan_rec(
                 ctx,
-                c.ptr,
-                c.min,
-                c.key,
-                start.max(c.min),
-                end.min(c.key),
+                cptr,
+                min,
+                *key,
+                start.max(min),
+                end.min(*key),
                 limit,
                 out,
             )?;
+            min = match key.successor() {
+                Some(s) => s,
+                None => break,
+            };
         }
         Ok(())
     }
@@ -336,22 +379,40 @@ impl TreeState {
             }
             return Ok(());
         }
-        let children = children_in_range(&g, start, end)?;
-        drop(g);
-        for c in children.into_iter().rev() {
+        let mut keys = g.keys.range(..=end).rev().peekable();
+        // The child holding `end` is the first key >= end, which may be past it.
+        let last = g.keys.range(end..).next();
+        let mut pending: Option<(Pos, &Val)> = last.map(|(k, v)| (*k, v));
+        if let Some((k, _)) = pending
+            && k == end
+        {
+            keys.next();
+        }
+        while let Some((key, val)) = pending.take().or_else(|| keys.next().map(|(k, v)| (*k, v))) {
             if out.len() >= limit {
                 break;
             }
+            let min = match keys.peek() {
+                Some((prev, _)) => prev.successor().unwrap_or(Pos::MAX),
+                None => g.min,
+            };
+            if key < start {
+                break;
+            }
+            let cptr = child_ptr(&g, key, val)?;
             self.scan_rev_rec(
                 ctx,
-                c.ptr,
-                c.min,
-                c.key,
-                start.max(c.min),
-                end.min(c.key),
+                cptr,
+                min,
+                key,
+                start.max(min),
+                end.min(key),
                 limit,
                 out,
             )?;
+            if min <= start {
+                break;
+            }
         }
         Ok(())
     }
@@ -414,11 +475,14 @@ impl TreeState {
         pos: Pos,
         f: &mut dyn FnMut(&mut Node) -> Option<Val>,
     ) -> Result<Option<Val>> {
-        let r = self.modify_rec(ctx, self.root, Pos::MIN, Pos::MAX, pos, f)?;
+        let (r, _) = self.modify_rec(ctx, self.root, Pos::MIN, Pos::MAX, pos, f)?;
         self.fix_root(ctx)?;
         Ok(r)
     }
 
+    /// Changes the leaf holding `pos`, then splits or merges on the way back
+    /// up. Each node is marked dirty before descending past it, so the cache
+    /// cannot drop it while this holds a reference. Returns the node.
     fn modify_rec(
         &mut self,
         ctx: &TreeCtx,
@@ -427,46 +491,32 @@ impl TreeState {
         max: Pos,
         pos: Pos,
         f: &mut dyn FnMut(&mut Node) -> Option<Val>,
-    ) -> Result<Option<Val>> {
-        let child = {
+    ) -> Result<(Option<Val>, NodeRef)> {
+        let (n, child) = loop {
             let n = ctx.load(self.id, ptr, min, max)?;
-            let g = n.read();
-            if g.is_leaf() {
-                None
-            } else {
-                Some(find_child(&g, pos)?)
+            let mut g = n.write();
+            if g.evicted {
+                continue;
             }
+            if g.is_leaf() {
+                let r = f(&mut g);
+                drop(g);
+                return Ok((r, n));
+            }
+            let c = find_child(&g, pos)?;
+            // The child's pointer is rewritten at the next checkpoint.
+            g.dirty.insert(c.key);
+            drop(g);
+            break (n, c);
         };
-        let Some(c) = child else {
-            return ctx.with_node_mut(self.id, ptr, min, max, |n| f(n));
-        };
-        let r = self.modify_rec(ctx, c.ptr, c.min, c.key, pos, f)?;
-        // The child's pointer is rewritten at the next checkpoint.
-        ctx.with_node_mut(self.id, ptr, min, max, |n| {
-            n.dirty.insert(c.key);
-        })?;
-        self.fix_child(ctx, ptr, min, max, c)?;
-        Ok(r)
-    }
-
-    /// Splits an overfull child or merges an underfull one with a cached sibling.
-    fn fix_child(
-        &mut self,
-        ctx: &TreeCtx,
-        parent: BtreePtr,
-        pmin: Pos,
-        pmax: Pos,
-        c: ChildRef,
-    ) -> Result<()> {
-        let child = ctx.load(self.id, c.ptr, c.min, c.key)?;
-        let bytes = child.read().live_bytes;
+        let (r, child_node) = self.modify_rec(ctx, child.ptr, child.min, child.key, pos, f)?;
+        let bytes = child_node.read().live_bytes;
         if bytes > ctx.split_threshold() {
-            self.split_child(ctx, parent, pmin, pmax, c)
+            self.split_child(ctx, ptr, min, max, child)?;
         } else if bytes < ctx.merge_threshold() {
-            self.try_merge_child(ctx, parent, pmin, pmax, c)
-        } else {
-            Ok(())
+            self.try_merge_child(ctx, ptr, min, max, child)?;
         }
+        Ok((r, n))
     }
 
     fn split_child(
