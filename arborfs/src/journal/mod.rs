@@ -108,7 +108,7 @@ use journal_format::{
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// One logged btree update.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -213,6 +213,10 @@ pub struct Journal {
     written_seq: AtomicU64,
     durable_seq: AtomicU64,
     failed: Mutex<Option<String>>,
+    /// File data was written since the last device flush: flush before the
+    /// next entry so no entry can reach the disk ahead of the data its keys
+    /// point at.
+    data_dirty: AtomicBool,
 }
 
 fn corrupt(offset: u64, detail: impl Into<String>) -> Error {
@@ -582,6 +586,7 @@ impl Journal {
             written_seq: AtomicU64::new(tail_seq),
             durable_seq: AtomicU64::new(tail_seq),
             failed: Mutex::new(None),
+            data_dirty: AtomicBool::new(false),
         };
         let replay = match clean {
             Some(_) => ReplayResult {
@@ -771,6 +776,11 @@ impl Journal {
                 item_count: count,
             };
             let buf = build_entry(&self.uuid, hdr, &payload);
+            if self.data_dirty.swap(false, Ordering::AcqRel)
+                && let Err(e) = self.dev.flush()
+            {
+                return self.fail(e.into());
+            }
             if let Err(e) = self.dev.write_at(&buf, self.region_offset + start) {
                 return self.fail(e.into());
             }
@@ -818,6 +828,12 @@ impl Journal {
             }
             return Err(Error::JournalFull);
         }
+    }
+
+    /// Records that data was written that keys added from now on may point
+    /// at: the next entry write is preceded by a device flush.
+    pub fn note_data_written(&self) {
+        self.data_dirty.store(true, Ordering::Release);
     }
 
     /// Writes the open entry if it has items, then, if `flush`, flushes the
