@@ -9,6 +9,7 @@ pub mod btree;
 pub mod device;
 pub mod engine;
 pub mod error;
+pub mod fs;
 pub mod journal;
 pub mod key;
 pub mod sb;

@@ -1,0 +1,252 @@
+//! The filesystem layer: POSIX files, directories, links and attributes,
+//! every one of them keys in the engine's b-trees.
+//!
+//! The API is inode-number based (like the kernel's and FUSE's low-level
+//! interface); `path` adds a path-based API for embedding. Every operation
+//! is one engine transaction, retried on restart.
+
+pub mod dirent;
+pub mod dirent_format;
+pub mod error;
+pub mod inode;
+pub mod inode_format;
+pub mod namei;
+pub mod perm;
+pub mod types;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+pub use error::{FsError, FsResult};
+pub use types::*;
+
+use crate::alloc::alloc_format::Counter;
+use crate::btree::trans::{Durability, Transaction};
+use crate::device::Device;
+use crate::engine::{Engine, EngineOptions};
+use crate::error::Error;
+use crate::key::{BtreeId, Pos};
+use crate::sb::{FormatOptions, Superblock};
+use inode_format::InodeValue;
+
+/// How a filesystem is opened.
+#[derive(Clone, Debug, Default)]
+pub struct FsOptions {
+    pub engine: EngineOptions,
+    /// Don't update access times on reads.
+    pub noatime: bool,
+}
+
+/// Space and inode counts for `statfs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatFs {
+    /// Fundamental block size (bytes).
+    pub bsize: u32,
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub namelen: u32,
+}
+
+/// An open filesystem.
+pub struct Fs {
+    pub(crate) engine: Engine,
+    next_ino: AtomicU64,
+    /// Open handles per inode; an unlinked inode lives until its last close.
+    open_counts: Mutex<HashMap<u64, u32>>,
+    pub(crate) opts: FsOptions,
+    generation: AtomicU64,
+}
+
+pub(crate) fn inode_pos(ino: InodeNo) -> Pos {
+    Pos::new(0, ino.0, ROOT_SNAPSHOT)
+}
+
+/// Position range of the orphan list: inodes unlinked while open.
+pub(crate) fn orphan_pos(ino: InodeNo) -> Pos {
+    Pos::new(1, ino.0, ROOT_SNAPSHOT)
+}
+
+impl Fs {
+    /// Formats `dev` and creates the root directory.
+    pub fn format(dev: Arc<dyn Device>, opts: &FormatOptions) -> FsResult<Superblock> {
+        Engine::format(dev.clone(), opts)?;
+        let engine = Engine::open(dev.clone(), EngineOptions { background: false, ..Default::default() })?;
+        let now = Timespec::now();
+        let root = InodeValue {
+            mode: S_IFDIR | 0o755,
+            nlink: 2,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            btime: now,
+            generation: 1,
+            parent: ROOT_INO.0,
+            ..Default::default()
+        };
+        engine.transact(Durability::Durable, |tx| {
+            tx.put(BtreeId::Inodes, crate::key::Key::new(inode_pos(ROOT_INO), crate::key::KeyType::Inode, root.encode()));
+            Ok(())
+        })?;
+        engine.close()?;
+        let (sb, _) = Superblock::read(&*dev)?;
+        Ok(sb)
+    }
+
+    /// Opens the filesystem on `dev`; removes inodes left unlinked-but-open
+    /// by a crash.
+    pub fn open(dev: Arc<dyn Device>, opts: FsOptions) -> FsResult<Fs> {
+        let engine = Engine::open(dev, opts.engine.clone())?;
+        let last = engine
+            .iter_rev(BtreeId::Inodes, Pos::new(0, 0, 0), Pos::new(0, u64::MAX, u32::MAX))
+            .next()
+            .transpose()?
+            .map_or(ROOT_INO.0, |k| k.pos.offset);
+        let fs = Fs {
+            engine,
+            next_ino: AtomicU64::new(last.max(ROOT_INO.0) + 1),
+            open_counts: Mutex::new(HashMap::new()),
+            opts,
+            generation: AtomicU64::new(last),
+        };
+        if !fs.opts.engine.read_only {
+            fs.reap_orphans()?;
+        }
+        Ok(fs)
+    }
+
+    /// Writes everything and marks the filesystem clean.
+    pub fn close(self) -> FsResult<()> {
+        self.engine.close()?;
+        Ok(())
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.opts.engine.read_only
+    }
+
+    pub(crate) fn alloc_ino(&self) -> InodeNo {
+        InodeNo(self.next_ino.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub(crate) fn next_generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Runs `f` as one transaction, again from the top on a restart.
+    pub(crate) fn tx<T>(
+        &self,
+        durability: Durability,
+        mut f: impl FnMut(&mut Transaction<'_>) -> FsResult<T>,
+    ) -> FsResult<T> {
+        if self.is_read_only() {
+            // Reads run through here too; only commits are refused below.
+        }
+        loop {
+            let mut t = self.engine.begin();
+            match f(&mut t) {
+                Ok(v) => {
+                    if t.is_empty() {
+                        return Ok(v);
+                    }
+                    if self.is_read_only() {
+                        return Err(FsError::ReadOnly);
+                    }
+                    match t.commit(durability) {
+                        Ok(_) => return Ok(v),
+                        Err(Error::Restart(_)) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(FsError::Restart) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Space and inode counts from the persistent accounting.
+    pub fn statfs(&self) -> StatFs {
+        let c = self.engine.counters();
+        let geo = self.engine.geometry();
+        let bucket_bytes = geo.bucket_sectors * crate::SECTOR_BYTES;
+        let data_buckets = geo.nbuckets - geo.first_data_bucket;
+        let bsize = 4096u64;
+        let blocks = data_buckets * bucket_bytes / bsize;
+        let free_buckets = (c[Counter::FreeBuckets as usize].max(0) as u64).saturating_sub(geo.reserved_buckets());
+        let bfree = free_buckets * bucket_bytes / bsize;
+        let files = self.next_ino.load(Ordering::Relaxed);
+        StatFs {
+            bsize: bsize as u32,
+            blocks,
+            bfree,
+            bavail: bfree,
+            files: files.max(1 << 20),
+            ffree: (1u64 << 32).saturating_sub(files),
+            namelen: dirent_format::NAME_MAX as u32,
+        }
+    }
+
+    /// Makes every change so far durable.
+    pub fn sync(&self) -> FsResult<()> {
+        self.engine.sync()?;
+        Ok(())
+    }
+
+    pub(crate) fn open_count(&self, ino: InodeNo) -> u32 {
+        self.open_counts.lock().get(&ino.0).copied().unwrap_or(0)
+    }
+
+    /// Notes a new open handle.
+    pub fn open_inode(&self, ino: InodeNo) -> FsResult<Attr> {
+        let attr = self.getattr(ino)?;
+        *self.open_counts.lock().entry(ino.0).or_default() += 1;
+        Ok(attr)
+    }
+
+    /// Drops an open handle; the last close of an unlinked inode frees it.
+    pub fn release(&self, ino: InodeNo) -> FsResult<()> {
+        let last = {
+            let mut m = self.open_counts.lock();
+            match m.get_mut(&ino.0) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    m.remove(&ino.0);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last && !self.is_read_only() {
+            let v = self.tx(Durability::Lazy, |tx| inode::read_inode_opt(tx, ino))?;
+            if v.is_some_and(|v| v.nlink == 0) {
+                self.evict_inode(ino)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes inodes a crash left unlinked-but-open.
+    fn reap_orphans(&self) -> FsResult<()> {
+        let orphans: Vec<u64> = self
+            .engine
+            .iter(BtreeId::Inodes, orphan_pos(InodeNo(0)), orphan_pos(InodeNo(u64::MAX)))
+            .map(|k| k.map(|k| k.pos.offset))
+            .collect::<Result<_, _>>()?;
+        for ino in orphans {
+            self.evict_inode(InodeNo(ino))?;
+        }
+        Ok(())
+    }
+}
