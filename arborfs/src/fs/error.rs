@@ -29,6 +29,9 @@ pub enum FsError {
     ReadOnly,
     #[error("no such attribute")]
     NoAttr,
+    /// No data (or hole) at or after the offset: ENXIO for lseek.
+    #[error("no such device or address")]
+    NoData,
     #[error("attribute or buffer size out of range")]
     Range,
     #[error("argument list too long")]

@@ -5,6 +5,7 @@
 //! interface); `path` adds a path-based API for embedding. Every operation
 //! is one engine transaction, retried on restart.
 
+pub mod data;
 pub mod dirent;
 pub mod dirent_format;
 pub mod error;
@@ -18,8 +19,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
+pub use data::{FallocFlags, SeekWhence};
 pub use error::{FsError, FsResult};
 pub use types::*;
 
@@ -61,6 +63,9 @@ pub struct Fs {
     open_counts: Mutex<HashMap<u64, u32>>,
     pub(crate) opts: FsOptions,
     generation: AtomicU64,
+    /// Per-inode IO locks (striped): shared for reads, exclusive for writes
+    /// and size changes, so read-modify-write of a block is never torn.
+    io_locks: Vec<RwLock<()>>,
 }
 
 pub(crate) fn inode_pos(ino: InodeNo) -> Pos {
@@ -113,6 +118,7 @@ impl Fs {
             open_counts: Mutex::new(HashMap::new()),
             opts,
             generation: AtomicU64::new(last),
+            io_locks: (0..256).map(|_| RwLock::new(())).collect(),
         };
         if !fs.opts.engine.read_only {
             fs.reap_orphans()?;
@@ -132,6 +138,10 @@ impl Fs {
 
     pub fn is_read_only(&self) -> bool {
         self.opts.engine.read_only
+    }
+
+    pub(crate) fn io_lock(&self, ino: InodeNo) -> &RwLock<()> {
+        &self.io_locks[(ino.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize]
     }
 
     pub(crate) fn alloc_ino(&self) -> InodeNo {

@@ -1,0 +1,502 @@
+//! File data: extents in the extents btree, each pointing at checksummed
+//! data in a bucket.
+//!
+//! Writes are copy-on-write: new data goes to freshly allocated space, is
+//! written, and then one transaction inserts the extent keys (the engine
+//! trims what they overwrite and its alloc trigger releases that space) and
+//! updates the inode. Reads verify the checksum of every stored unit they
+//! touch and fail with EIO rather than return wrong bytes.
+
+use super::error::{FsError, FsResult};
+use super::inode::{MAX_FILE_SIZE, read_inode, to_attr, write_inode};
+use super::inode_format::InodeValue;
+use super::types::*;
+use super::Fs;
+use crate::alloc::extent_format::{ExtentPtr, ExtentValue};
+use crate::btree::trans::{Durability, MAX_EXTENT_SECTORS, Transaction};
+use crate::key::{BtreeId, Key, KeyType, Pos};
+use crate::sb::ChecksumType;
+use crate::SECTOR_BYTES;
+
+/// Unit of file data in bytes: writes are read-modify-write below it.
+pub const BLOCK: u64 = 4096;
+/// Largest checksummed unit: a read verifies at most this much extra.
+pub const MAX_EXTENT_BYTES: u64 = 128 << 10;
+
+const _: () = assert!(MAX_EXTENT_BYTES / SECTOR_BYTES <= MAX_EXTENT_SECTORS as u64);
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FallocFlags {
+    pub keep_size: bool,
+    pub punch_hole: bool,
+    pub zero_range: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeekWhence {
+    Data,
+    Hole,
+}
+
+fn checksum(kind: ChecksumType, data: &[u8]) -> u64 {
+    match kind {
+        ChecksumType::None => 0,
+        ChecksumType::Crc32c => crc32c::crc32c(data) as u64,
+        ChecksumType::Xxh3 => xxhash_rust::xxh3::xxh3_64(data),
+    }
+}
+
+fn checksum_type(v: u8) -> FsResult<ChecksumType> {
+    ChecksumType::from_u8(v).ok_or_else(|| FsError::Corrupted(format!("unknown checksum type {v}")))
+}
+
+fn regular(v: &InodeValue) -> FsResult<()> {
+    match v.mode & S_IFMT {
+        S_IFREG => Ok(()),
+        S_IFDIR => Err(FsError::IsDir),
+        _ => Err(FsError::Invalid("not a regular file".into())),
+    }
+}
+
+/// Clears setuid, and setgid when group-executable, as a write by a
+/// non-root caller does.
+fn kill_suid(caller: &Caller, v: &mut InodeValue) {
+    if caller.is_root() {
+        return;
+    }
+    v.mode &= !S_ISUID;
+    if v.mode & 0o010 != 0 {
+        v.mode &= !S_ISGID;
+    }
+}
+
+fn extent_range(ino: InodeNo, start_sector: u64, end_sector: u64) -> (Pos, Pos) {
+    (
+        Pos::new(ino.0, start_sector + 1, ROOT_SNAPSHOT),
+        Pos::new(ino.0, end_sector.saturating_add(MAX_EXTENT_SECTORS as u64), ROOT_SNAPSHOT),
+    )
+}
+
+/// Extent keys of `ino` overlapping sectors `[start, end)`, in order.
+fn extents_in(tx: &mut Transaction<'_>, ino: InodeNo, start: u64, end: u64) -> FsResult<Vec<Key>> {
+    let (lo, hi) = extent_range(ino, start, end);
+    let mut out = Vec::new();
+    let mut cursor = lo;
+    loop {
+        let batch = tx.scan(BtreeId::Extents, cursor, hi, 256)?;
+        let full = batch.len() == 256;
+        for k in batch {
+            cursor = k.pos.successor().unwrap_or(hi);
+            if k.pos.snapshot != ROOT_SNAPSHOT {
+                continue;
+            }
+            if k.start() >= end {
+                return Ok(out);
+            }
+            out.push(k);
+        }
+        if !full {
+            return Ok(out);
+        }
+    }
+}
+
+/// Sectors of `keys` that fall inside `[start, end)`.
+fn overlap_sectors(keys: &[Key], start: u64, end: u64) -> u64 {
+    keys.iter().map(|k| k.end().min(end).saturating_sub(k.start().max(start))).sum()
+}
+
+impl Fs {
+    fn data_checksum(&self) -> ChecksumType {
+        self.engine.superblock().data_checksum
+    }
+
+    /// Reads `buf.len()` bytes at `offset`; short only at end of file.
+    pub fn read(&self, ino: InodeNo, offset: u64, buf: &mut [u8]) -> FsResult<usize> {
+        let _io = self.io_lock(ino).read();
+        self.read_inner(ino, offset, buf)
+    }
+
+    /// `read` for a caller that holds the inode's IO lock.
+    fn read_inner(&self, ino: InodeNo, offset: u64, buf: &mut [u8]) -> FsResult<usize> {
+        let (size, keys) = self.tx(Durability::Lazy, |tx| {
+            let v = read_inode(tx, ino)?;
+            regular(&v)?;
+            if offset >= v.size {
+                return Ok((v.size, Vec::new()));
+            }
+            let end = (offset + buf.len() as u64).min(v.size);
+            let keys = extents_in(tx, ino, offset / SECTOR_BYTES, end.div_ceil(SECTOR_BYTES))?;
+            Ok((v.size, keys))
+        })?;
+        if offset >= size {
+            return Ok(0);
+        }
+        let n = (size - offset).min(buf.len() as u64) as usize;
+        let out = &mut buf[..n];
+        out.fill(0);
+        let mut unit: Option<(u64, Vec<u8>)> = None;
+        for k in &keys {
+            let v = ExtentValue::decode(&k.value)
+                .ok_or_else(|| FsError::Corrupted(format!("bad extent value at {:?}", k.pos)))?;
+            let key_start = k.start() * SECTOR_BYTES;
+            let from = key_start.max(offset);
+            let to = (k.end() * SECTOR_BYTES).min(offset + n as u64);
+            if from >= to {
+                continue;
+            }
+            let ptr = v.ptrs.first().ok_or_else(|| FsError::Corrupted("extent without pointers".into()))?;
+            let data = match &unit {
+                Some((at, d)) if *at == ptr.dev_sector => d,
+                _ => {
+                    let stored = self.read_unit(&v, ptr)?;
+                    &unit.insert((ptr.dev_sector, stored)).1
+                }
+            };
+            // This key's first byte is `offset` sectors into the unit.
+            let in_unit = v.offset as u64 * SECTOR_BYTES + (from - key_start);
+            let len = (to - from) as usize;
+            let src = data
+                .get(in_unit as usize..in_unit as usize + len)
+                .ok_or_else(|| FsError::Corrupted(format!("extent at {:?} points past its data", k.pos)))?;
+            out[(from - offset) as usize..(to - offset) as usize].copy_from_slice(src);
+        }
+        Ok(n)
+    }
+
+    /// Reads and verifies one stored unit.
+    fn read_unit(&self, v: &ExtentValue, ptr: &ExtentPtr) -> FsResult<Vec<u8>> {
+        if v.compression != 0 {
+            return Err(FsError::Io("compressed extents are not supported by this version".into()));
+        }
+        let bucket = self.engine.geometry().bucket_of(ptr.dev_sector);
+        let gen_now = self.engine.bucket(bucket)?.generation;
+        if gen_now != ptr.generation {
+            return Err(FsError::Io(format!(
+                "stale pointer into bucket {bucket} (generation {} but bucket is at {gen_now})",
+                ptr.generation
+            )));
+        }
+        let mut data = vec![0u8; v.stored_sectors as usize * SECTOR_BYTES as usize];
+        self.engine.read_data(ptr.dev_sector, &mut data)?;
+        let kind = checksum_type(v.csum_type)?;
+        if checksum(kind, &data) != v.csum {
+            tracing::error!(sector = ptr.dev_sector, "data checksum mismatch");
+            return Err(FsError::Io(format!("checksum mismatch in data at sector {}", ptr.dev_sector)));
+        }
+        Ok(data)
+    }
+
+    /// Writes `data` at `offset`, extending the file as needed.
+    pub fn write(&self, caller: &Caller, ino: InodeNo, offset: u64, data: &[u8]) -> FsResult<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let end = offset.checked_add(data.len() as u64).ok_or(FsError::FileTooBig)?;
+        if end > MAX_FILE_SIZE {
+            return Err(FsError::FileTooBig);
+        }
+        let _io = self.io_lock(ino).write();
+        let v = self.tx(Durability::Lazy, |tx| read_inode(tx, ino))?;
+        regular(&v)?;
+        // Whole blocks: merge the edges with what is there now.
+        let blk_start = offset / BLOCK * BLOCK;
+        let blk_end = end.div_ceil(BLOCK) * BLOCK;
+        let mut buf = vec![0u8; (blk_end - blk_start) as usize];
+        if offset != blk_start {
+            self.read_inner(ino, blk_start, &mut buf[..BLOCK as usize])?;
+        }
+        if end != blk_end && (blk_end - BLOCK > blk_start || offset == blk_start) {
+            let at = (blk_end - BLOCK - blk_start) as usize;
+            self.read_inner(ino, blk_end - BLOCK, &mut buf[at..])?;
+        }
+        buf[(offset - blk_start) as usize..(end - blk_start) as usize].copy_from_slice(data);
+        let keys = self.store(ino, blk_start, &buf)?;
+        self.tx(Durability::Lazy, |tx| {
+            let mut v = read_inode(tx, ino)?;
+            regular(&v)?;
+            let (s, e) = (blk_start / SECTOR_BYTES, blk_end / SECTOR_BYTES);
+            let old = overlap_sectors(&extents_in(tx, ino, s, e)?, s, e);
+            for k in &keys {
+                tx.put(BtreeId::Extents, k.clone());
+            }
+            v.sectors = v.sectors + (e - s) - old;
+            v.size = v.size.max(end);
+            let now = Timespec::now();
+            v.mtime = now;
+            v.ctime = now;
+            kill_suid(caller, &mut v);
+            write_inode(tx, ino, &v);
+            Ok(())
+        })?;
+        Ok(data.len())
+    }
+
+    /// Writes block-aligned `buf` (file offset `at`) to new space; returns
+    /// the extent keys to insert.
+    fn store(&self, ino: InodeNo, at: u64, buf: &[u8]) -> FsResult<Vec<Key>> {
+        let kind = self.data_checksum();
+        let mut keys = Vec::new();
+        let mut done = 0usize;
+        while done < buf.len() {
+            let want = (buf.len() - done).min(MAX_EXTENT_BYTES as usize);
+            let a = self.engine.alloc_data((want as u64 / SECTOR_BYTES) as u32)?;
+            let len = a.sectors as usize * SECTOR_BYTES as usize;
+            let chunk = &buf[done..done + len];
+            self.engine.write_data(a.dev_sector, chunk)?;
+            let v = ExtentValue {
+                csum_type: kind as u8,
+                compression: 0,
+                stored_sectors: a.sectors,
+                uncompressed_sectors: a.sectors,
+                offset: 0,
+                csum: checksum(kind, chunk),
+                ptrs: vec![ExtentPtr { dev_sector: a.dev_sector, generation: a.generation }],
+            };
+            let start = (at + done as u64) / SECTOR_BYTES;
+            keys.push(Key::extent(ino.0, start, a.sectors, ROOT_SNAPSHOT, KeyType::Extent, v.encode()));
+            done += len;
+        }
+        Ok(keys)
+    }
+
+    /// Truncates or extends a regular file.
+    pub fn set_size(&self, caller: &Caller, ino: InodeNo, size: u64) -> FsResult<Attr> {
+        if size > MAX_FILE_SIZE {
+            return Err(FsError::FileTooBig);
+        }
+        let _io = self.io_lock(ino).write();
+        let v = self.tx(Durability::Lazy, |tx| read_inode(tx, ino))?;
+        regular(&v)?;
+        // A partial last block keeps only the bytes below the new size, so
+        // growing the file later reads zeros there.
+        let tail = if size < v.size && size % BLOCK != 0 {
+            let blk = size / BLOCK * BLOCK;
+            let mut b = vec![0u8; BLOCK as usize];
+            self.read_inner(ino, blk, &mut b)?;
+            b[(size - blk) as usize..].fill(0);
+            Some(self.store(ino, blk, &b)?)
+        } else {
+            None
+        };
+        self.tx(Durability::Lazy, |tx| {
+            let mut v = read_inode(tx, ino)?;
+            regular(&v)?;
+            if size < v.size {
+                let cut = size.div_ceil(BLOCK) * BLOCK / SECTOR_BYTES;
+                let end = v.size.div_ceil(SECTOR_BYTES).max(cut) + MAX_EXTENT_SECTORS as u64;
+                let gone = overlap_sectors(&extents_in(tx, ino, cut, end)?, cut, end);
+                tx.delete_range(BtreeId::Extents, ino.0, ROOT_SNAPSHOT, cut, end);
+                v.sectors = v.sectors.saturating_sub(gone);
+                if let Some(keys) = &tail {
+                    let (s, e) = (keys[0].start(), keys[0].end());
+                    let old = overlap_sectors(&extents_in(tx, ino, s, e)?, s, e);
+                    for k in keys {
+                        tx.put(BtreeId::Extents, k.clone());
+                    }
+                    v.sectors = v.sectors + (e - s) - old;
+                }
+            }
+            v.size = size;
+            let now = Timespec::now();
+            v.mtime = now;
+            v.ctime = now;
+            kill_suid(caller, &mut v);
+            write_inode(tx, ino, &v);
+            Ok(to_attr(ino, &v))
+        })
+    }
+
+    /// Preallocates, punches holes or zeroes ranges.
+    pub fn fallocate(&self, caller: &Caller, ino: InodeNo, offset: u64, len: u64, flags: FallocFlags) -> FsResult<()> {
+        if len == 0 {
+            return Err(FsError::Invalid("fallocate of zero bytes".into()));
+        }
+        let end = offset.checked_add(len).ok_or(FsError::FileTooBig)?;
+        if end > MAX_FILE_SIZE {
+            return Err(FsError::FileTooBig);
+        }
+        if flags.punch_hole && !flags.keep_size {
+            return Err(FsError::NotSupported);
+        }
+        let size = self.getattr(ino)?.size;
+        if flags.punch_hole || flags.zero_range {
+            self.zero(caller, ino, offset, end.min(size))?;
+            if flags.zero_range && !flags.keep_size && end > size {
+                self.set_size(caller, ino, end)?;
+            }
+            return Ok(());
+        }
+        // Allocate: fill holes in the range with zeroed extents.
+        let holes = self.holes(ino, offset / BLOCK * BLOCK, end.div_ceil(BLOCK) * BLOCK)?;
+        for (s, e) in holes {
+            let _io = self.io_lock(ino).write();
+            let zeros = vec![0u8; (e - s) as usize];
+            let keys = self.store(ino, s, &zeros)?;
+            self.tx(Durability::Lazy, |tx| {
+                let mut v = read_inode(tx, ino)?;
+                regular(&v)?;
+                let (ss, es) = (s / SECTOR_BYTES, e / SECTOR_BYTES);
+                let old = overlap_sectors(&extents_in(tx, ino, ss, es)?, ss, es);
+                if old != 0 {
+                    // Someone wrote here meanwhile: keep their data.
+                    return Ok(());
+                }
+                for k in &keys {
+                    tx.put(BtreeId::Extents, k.clone());
+                }
+                v.sectors += es - ss;
+                write_inode(tx, ino, &v);
+                Ok(())
+            })?;
+        }
+        if !flags.keep_size && end > size {
+            self.set_size(caller, ino, end.max(self.getattr(ino)?.size))?;
+        } else {
+            self.touch_ctime(ino)?;
+        }
+        Ok(())
+    }
+
+    fn touch_ctime(&self, ino: InodeNo) -> FsResult<()> {
+        self.tx(Durability::Lazy, |tx| {
+            let mut v = read_inode(tx, ino)?;
+            let now = Timespec::now();
+            v.mtime = now;
+            v.ctime = now;
+            write_inode(tx, ino, &v);
+            Ok(())
+        })
+    }
+
+    /// Makes `[start, end)` read as zeros: whole blocks are punched, partial
+    /// edge blocks rewritten.
+    fn zero(&self, caller: &Caller, ino: InodeNo, start: u64, end: u64) -> FsResult<()> {
+        if start >= end {
+            return self.touch_ctime(ino);
+        }
+        let inner_s = start.div_ceil(BLOCK) * BLOCK;
+        let inner_e = end / BLOCK * BLOCK;
+        if inner_s < inner_e {
+            let _io = self.io_lock(ino).write();
+            self.tx(Durability::Lazy, |tx| {
+                let mut v = read_inode(tx, ino)?;
+                regular(&v)?;
+                let (s, e) = (inner_s / SECTOR_BYTES, inner_e / SECTOR_BYTES);
+                let gone = overlap_sectors(&extents_in(tx, ino, s, e)?, s, e);
+                tx.delete_range(BtreeId::Extents, ino.0, ROOT_SNAPSHOT, s, e);
+                v.sectors = v.sectors.saturating_sub(gone);
+                let now = Timespec::now();
+                v.mtime = now;
+                v.ctime = now;
+                write_inode(tx, ino, &v);
+                Ok(())
+            })?;
+        }
+        // Partial blocks at the edges are rewritten with zeros.
+        let size = self.getattr(ino)?.size;
+        let edges = if inner_s < inner_e { [(start, inner_s), (inner_e, end)] } else { [(start, end), (end, end)] };
+        for (s, e) in edges {
+            let e = e.min(size);
+            if s < e {
+                self.write(caller, ino, s, &vec![0u8; (e - s) as usize])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Byte ranges in `[start, end)` (block aligned) not covered by extents.
+    fn holes(&self, ino: InodeNo, start: u64, end: u64) -> FsResult<Vec<(u64, u64)>> {
+        let keys = self.tx(Durability::Lazy, |tx| extents_in(tx, ino, start / SECTOR_BYTES, end / SECTOR_BYTES))?;
+        let mut out = Vec::new();
+        let mut at = start;
+        for k in &keys {
+            let (ks, ke) = (k.start() * SECTOR_BYTES, k.end() * SECTOR_BYTES);
+            if ks > at {
+                out.push((at, ks.min(end)));
+            }
+            at = at.max(ke);
+        }
+        if at < end {
+            out.push((at, end));
+        }
+        // Large holes go in bounded pieces.
+        let mut split = Vec::new();
+        for (s, e) in out {
+            let mut p = s;
+            while p < e {
+                let q = (p + (8 << 20)).min(e);
+                split.push((p, q));
+                p = q;
+            }
+        }
+        Ok(split)
+    }
+
+    /// SEEK_DATA / SEEK_HOLE.
+    pub fn lseek(&self, ino: InodeNo, offset: u64, whence: SeekWhence) -> FsResult<u64> {
+        self.tx(Durability::Lazy, |tx| {
+            let v = read_inode(tx, ino)?;
+            regular(&v)?;
+            if offset >= v.size {
+                return Err(FsError::NoData);
+            }
+            let keys = extents_in(tx, ino, offset / SECTOR_BYTES, v.size.div_ceil(SECTOR_BYTES))?;
+            match whence {
+                SeekWhence::Data => {
+                    for k in &keys {
+                        let ks = (k.start() * SECTOR_BYTES).max(offset);
+                        if k.end() * SECTOR_BYTES > offset {
+                            return if ks < v.size { Ok(ks) } else { Err(FsError::NoData) };
+                        }
+                    }
+                    Err(FsError::NoData)
+                }
+                SeekWhence::Hole => {
+                    let mut at = offset;
+                    for k in &keys {
+                        let (ks, ke) = (k.start() * SECTOR_BYTES, k.end() * SECTOR_BYTES);
+                        if ks > at {
+                            break;
+                        }
+                        at = at.max(ke);
+                    }
+                    Ok(at.min(v.size))
+                }
+            }
+        })
+    }
+
+    /// Copies `len` bytes between files (a copy for now; reflink comes later).
+    pub fn copy_file_range(
+        &self,
+        caller: &Caller,
+        src: InodeNo,
+        src_off: u64,
+        dst: InodeNo,
+        dst_off: u64,
+        len: u64,
+    ) -> FsResult<u64> {
+        let size = self.getattr(src)?.size;
+        let len = len.min(size.saturating_sub(src_off));
+        let mut done = 0u64;
+        let mut buf = vec![0u8; (len.min(1 << 20)) as usize];
+        while done < len {
+            let n = (len - done).min(buf.len() as u64) as usize;
+            let got = self.read(src, src_off + done, &mut buf[..n])?;
+            if got == 0 {
+                break;
+            }
+            self.write(caller, dst, dst_off + done, &buf[..got])?;
+            done += got as u64;
+        }
+        Ok(done)
+    }
+
+    /// Makes the file's data and metadata durable.
+    pub fn fsync(&self, ino: InodeNo, _datasync: bool) -> FsResult<()> {
+        let _ = ino;
+        self.engine.sync()?;
+        Ok(())
+    }
+}
