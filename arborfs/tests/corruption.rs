@@ -83,7 +83,7 @@ fn tx_updates(tx: &mut arborfs::Transaction<'_>, i: u64) {
             vec![i as u8; 16],
         ),
     );
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         tx.delete(BtreeId::Inodes, Pos::new(1 + (i * 7) % 500, 0, 0));
         tx.put(BtreeId::Xattrs, Key::blob(Pos::new(2, i, 0), vec![1, 2, 3]));
     }
@@ -283,7 +283,7 @@ fn flipped_bits_in_journal_entries_give_a_prefix_or_corrupted() {
     for i in 0..60u64 {
         let mut tx = e.begin();
         tx_updates(&mut tx, i);
-        let d = if i % 5 == 0 {
+        let d = if i.is_multiple_of(5) {
             Durability::Durable
         } else {
             Durability::Lazy
@@ -292,7 +292,7 @@ fn flipped_bits_in_journal_entries_give_a_prefix_or_corrupted() {
         history.push(contents(&e, &USER_TREES).unwrap());
         if i == 20 {
             e.checkpoint().unwrap();
-        } else if i % 3 == 0 {
+        } else if i.is_multiple_of(3) {
             e.sync().unwrap();
         }
     }
