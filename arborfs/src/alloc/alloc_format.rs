@@ -8,8 +8,8 @@
 //! | 1  | 1 | `data_type` ([`DataType`]) |
 //! | 2  | 2 | reserved, zero |
 //! | 4  | 4 | `dirty_sectors`: live sectors in the bucket |
-//! | 8  | 8 | `journal_seq_nonempty`: journal sequence of the empty → non-empty change |
-//! | 16 | 8 | `journal_seq_empty`: journal sequence of the last non-empty → empty change |
+//! | 8  | 8 | `journal_seq_nonempty`: reserved for the journal sequence of the empty → non-empty change; always written as 0 in format version 1 |
+//! | 16 | 8 | `journal_seq_empty`: reserved for the journal sequence of the last non-empty → empty change; always written as 0 in format version 1 |
 //!
 //! No alloc key means: free, generation 0, never used.
 //!

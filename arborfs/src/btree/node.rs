@@ -70,6 +70,7 @@ pub struct Node {
     /// changed key range, or no room left to append).
     pub needs_full_write: bool,
     /// Highest journal sequence of any update held (written into bsets).
+    /// Not maintained by commits yet: stays 0 unless read from disk.
     pub journal_seq: u64,
     /// Set by the cache when it drops the node; a holder must look it up again.
     pub evicted: bool,

@@ -12,7 +12,7 @@
 //! | 13  | 1  | `level` (0 = leaf) |
 //! | 14  | 2  | `bset_index`: 0 for the first bset of the node, then 1, 2, ... |
 //! | 16  | 8  | `node_seq`: unique per node incarnation; the parent pointer must match |
-//! | 24  | 8  | `journal_seq`: highest journal sequence whose updates are in the node |
+//! | 24  | 8  | `journal_seq`: reserved for the highest journal sequence whose updates are in the node; not maintained yet, written as 0 |
 //! | 32  | 20 | `min` key (inode u64, offset u64, snapshot u32), then 4 zero bytes |
 //! | 56  | 20 | `max` key, then 4 zero bytes |
 //! | 80  | 4  | `nkeys` |

@@ -1,5 +1,5 @@
 //! On-disk layout of a journal entry (little-endian throughout). The same
-//! tables are in `docs/format-journal.md`.
+//! tables are in `docs/format.md` (section 7).
 //!
 //! An entry starts at a 4096-aligned offset of the journal region and takes
 //! `round_up(HEADER_BYTES + payload_len, 4096)` bytes; it never wraps around

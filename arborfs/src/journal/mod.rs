@@ -12,7 +12,7 @@
 //!
 //! # Wire format
 //!
-//! Documented byte by byte in [`journal_format`] and `docs/format-journal.md`.
+//! Documented byte by byte in [`journal_format`] and `docs/format.md`.
 //! In short: each entry starts at a 4096-aligned offset of the region with a
 //! 64-byte header (magic mixed with the filesystem UUID, crc32c seeded with
 //! the UUID over the whole padded entry except the checksum field, version,

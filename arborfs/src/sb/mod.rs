@@ -14,7 +14,7 @@
 //! ```
 //!
 //! The wire layout (field offsets) is in [`sb_format`] and
-//! `docs/format-superblock.md`:
+//! `docs/format.md` (section 2):
 //!
 //! | offset | size | field |
 //! |---:|---:|---|
