@@ -270,16 +270,24 @@ impl Engine {
             .iter()
             .map(|&btree| JournalItem::Root { btree, ptr: None })
             .collect();
+        // The superblock goes last: until the closing write below, a crash
+        // leaves a device that is not recognized as a filesystem at all,
+        // never one that opens without its space described.
+        let zeros = vec![0u8; crate::sb::SB_BYTES];
+        dev.write_at(&zeros, crate::sb::SB_PRIMARY_OFFSET)?;
+        dev.write_at(&zeros, crate::sb::backup_offset(dev.size()))?;
+        dev.flush()?;
         Journal::format(dev.clone(), journal_config(&sb), roots)?;
         sb.clean = None;
-        sb.write(&*dev)?;
         // Describe the space: sb and journal buckets in use, data buckets free.
-        let engine = Engine::open(
+        let engine = Engine::open_with(
             dev.clone(),
+            sb.clone(),
             EngineOptions {
                 background: false,
                 ..Default::default()
             },
+            false,
         )?;
         {
             let inner = &engine.inner;
@@ -358,10 +366,21 @@ impl Engine {
 
     /// Opens the filesystem on `dev`, replaying the journal after a crash.
     pub fn open(dev: Arc<dyn Device>, opts: EngineOptions) -> Result<Engine> {
-        let (mut sb, report) = Superblock::read(&*dev)?;
+        let (sb, report) = Superblock::read(&*dev)?;
         if report.needs_repair() && !opts.read_only {
             tracing::warn!("superblock: {report}; rewriting both copies");
         }
+        Engine::open_with(dev, sb, opts, true)
+    }
+
+    /// Opens with a given superblock; `mark_unclean` records the open on
+    /// disk (format skips it: it writes the superblock only when done).
+    fn open_with(
+        dev: Arc<dyn Device>,
+        mut sb: Superblock,
+        opts: EngineOptions,
+        mark_unclean: bool,
+    ) -> Result<Engine> {
         let cfg = journal_config(&sb);
         let clean_pos = sb.clean.as_ref().map(|c| JournalPosition {
             next_seq: c.journal_next_seq,
@@ -474,7 +493,9 @@ impl Engine {
         }
         if !opts.read_only {
             sb.clean = None;
-            sb.write(&*dev)?;
+            if mark_unclean {
+                sb.write(&*dev)?;
+            }
             *inner.sb.lock() = sb;
         }
         let inner = Arc::new(inner);
@@ -611,14 +632,18 @@ impl Engine {
     /// committed afterwards: the journal flushes the device before writing
     /// the entry that holds them.
     pub fn write_data(&self, dev_sector: u64, buf: &[u8]) -> Result<()> {
-        self.inner.dev.write_at(buf, dev_sector * crate::SECTOR_BYTES)?;
+        self.inner
+            .dev
+            .write_at(buf, dev_sector * crate::SECTOR_BYTES)?;
         self.inner.journal.note_data_written();
         Ok(())
     }
 
     /// Reads stored file data at `dev_sector`.
     pub fn read_data(&self, dev_sector: u64, buf: &mut [u8]) -> Result<()> {
-        self.inner.dev.read_at(buf, dev_sector * crate::SECTOR_BYTES)?;
+        self.inner
+            .dev
+            .read_at(buf, dev_sector * crate::SECTOR_BYTES)?;
         Ok(())
     }
 

@@ -535,17 +535,9 @@ fn crash_during_format_and_first_checkpoints() {
     );
 }
 
-/// **Known bug (fails; run with `--ignored`).** `Engine::format` writes the
-/// superblock (dirty, pointing at a journal whose only entry has empty
-/// roots) before it writes the alloc and freespace keys, which only reach
-/// the disk at the format's closing checkpoint. A crash in that window
-/// leaves an image that opens as a valid, empty filesystem with no free
-/// buckets: the first checkpoint (or close) fails with `NoSpace`, forever.
-/// Format should make the filesystem openable only once it is complete
-/// (e.g. write the superblock last, or put the space description in the
-/// first journal entry).
+/// A crash during `Engine::format` leaves either no filesystem (the
+/// superblock is written last) or a complete, working one.
 #[test]
-#[ignore]
 fn crash_during_format_never_leaves_an_unusable_filesystem() {
     let dev = Arc::new(RecordingDevice::new(DEV_BYTES));
     Engine::format(dev.clone(), &format_opts(3)).expect("format");

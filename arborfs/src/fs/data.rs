@@ -7,16 +7,16 @@
 //! updates the inode. Reads verify the checksum of every stored unit they
 //! touch and fail with EIO rather than return wrong bytes.
 
+use super::Fs;
 use super::error::{FsError, FsResult};
 use super::inode::{MAX_FILE_SIZE, read_inode, to_attr, write_inode};
 use super::inode_format::InodeValue;
 use super::types::*;
-use super::Fs;
+use crate::SECTOR_BYTES;
 use crate::alloc::extent_format::{ExtentPtr, ExtentValue};
 use crate::btree::trans::{Durability, MAX_EXTENT_SECTORS, Transaction};
 use crate::key::{BtreeId, Key, KeyType, Pos};
 use crate::sb::ChecksumType;
-use crate::SECTOR_BYTES;
 
 /// Unit of file data in bytes: writes are read-modify-write below it.
 pub const BLOCK: u64 = 4096;
@@ -73,7 +73,11 @@ fn kill_suid(caller: &Caller, v: &mut InodeValue) {
 fn extent_range(ino: InodeNo, start_sector: u64, end_sector: u64) -> (Pos, Pos) {
     (
         Pos::new(ino.0, start_sector + 1, ROOT_SNAPSHOT),
-        Pos::new(ino.0, end_sector.saturating_add(MAX_EXTENT_SECTORS as u64), ROOT_SNAPSHOT),
+        Pos::new(
+            ino.0,
+            end_sector.saturating_add(MAX_EXTENT_SECTORS as u64),
+            ROOT_SNAPSHOT,
+        ),
     )
 }
 
@@ -103,7 +107,9 @@ fn extents_in(tx: &mut Transaction<'_>, ino: InodeNo, start: u64, end: u64) -> F
 
 /// Sectors of `keys` that fall inside `[start, end)`.
 fn overlap_sectors(keys: &[Key], start: u64, end: u64) -> u64 {
-    keys.iter().map(|k| k.end().min(end).saturating_sub(k.start().max(start))).sum()
+    keys.iter()
+        .map(|k| k.end().min(end).saturating_sub(k.start().max(start)))
+        .sum()
 }
 
 impl Fs {
@@ -145,7 +151,10 @@ impl Fs {
             if from >= to {
                 continue;
             }
-            let ptr = v.ptrs.first().ok_or_else(|| FsError::Corrupted("extent without pointers".into()))?;
+            let ptr = v
+                .ptrs
+                .first()
+                .ok_or_else(|| FsError::Corrupted("extent without pointers".into()))?;
             let data = match &unit {
                 Some((at, d)) if *at == ptr.dev_sector => d,
                 _ => {
@@ -158,7 +167,9 @@ impl Fs {
             let len = (to - from) as usize;
             let src = data
                 .get(in_unit as usize..in_unit as usize + len)
-                .ok_or_else(|| FsError::Corrupted(format!("extent at {:?} points past its data", k.pos)))?;
+                .ok_or_else(|| {
+                    FsError::Corrupted(format!("extent at {:?} points past its data", k.pos))
+                })?;
             out[(from - offset) as usize..(to - offset) as usize].copy_from_slice(src);
         }
         Ok(n)
@@ -167,7 +178,9 @@ impl Fs {
     /// Reads and verifies one stored unit.
     fn read_unit(&self, v: &ExtentValue, ptr: &ExtentPtr) -> FsResult<Vec<u8>> {
         if v.compression != 0 {
-            return Err(FsError::Io("compressed extents are not supported by this version".into()));
+            return Err(FsError::Io(
+                "compressed extents are not supported by this version".into(),
+            ));
         }
         let bucket = self.engine.geometry().bucket_of(ptr.dev_sector);
         let gen_now = self.engine.bucket(bucket)?.generation;
@@ -182,17 +195,28 @@ impl Fs {
         let kind = checksum_type(v.csum_type)?;
         if checksum(kind, &data) != v.csum {
             tracing::error!(sector = ptr.dev_sector, "data checksum mismatch");
-            return Err(FsError::Io(format!("checksum mismatch in data at sector {}", ptr.dev_sector)));
+            return Err(FsError::Io(format!(
+                "checksum mismatch in data at sector {}",
+                ptr.dev_sector
+            )));
         }
         Ok(data)
     }
 
     /// Writes `data` at `offset`, extending the file as needed.
-    pub fn write(&self, caller: &Caller, ino: InodeNo, offset: u64, data: &[u8]) -> FsResult<usize> {
+    pub fn write(
+        &self,
+        caller: &Caller,
+        ino: InodeNo,
+        offset: u64,
+        data: &[u8],
+    ) -> FsResult<usize> {
         if data.is_empty() {
             return Ok(0);
         }
-        let end = offset.checked_add(data.len() as u64).ok_or(FsError::FileTooBig)?;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(FsError::FileTooBig)?;
         if end > MAX_FILE_SIZE {
             return Err(FsError::FileTooBig);
         }
@@ -240,7 +264,9 @@ impl Fs {
         let mut done = 0usize;
         while done < buf.len() {
             let want = (buf.len() - done).min(MAX_EXTENT_BYTES as usize);
-            let a = self.engine.alloc_data((want as u64 / SECTOR_BYTES) as u32)?;
+            let a = self
+                .engine
+                .alloc_data((want as u64 / SECTOR_BYTES) as u32)?;
             let len = a.sectors as usize * SECTOR_BYTES as usize;
             let chunk = &buf[done..done + len];
             self.engine.write_data(a.dev_sector, chunk)?;
@@ -251,10 +277,20 @@ impl Fs {
                 uncompressed_sectors: a.sectors,
                 offset: 0,
                 csum: checksum(kind, chunk),
-                ptrs: vec![ExtentPtr { dev_sector: a.dev_sector, generation: a.generation }],
+                ptrs: vec![ExtentPtr {
+                    dev_sector: a.dev_sector,
+                    generation: a.generation,
+                }],
             };
             let start = (at + done as u64) / SECTOR_BYTES;
-            keys.push(Key::extent(ino.0, start, a.sectors, ROOT_SNAPSHOT, KeyType::Extent, v.encode()));
+            keys.push(Key::extent(
+                ino.0,
+                start,
+                a.sectors,
+                ROOT_SNAPSHOT,
+                KeyType::Extent,
+                v.encode(),
+            ));
             done += len;
         }
         Ok(keys)
@@ -308,7 +344,14 @@ impl Fs {
     }
 
     /// Preallocates, punches holes or zeroes ranges.
-    pub fn fallocate(&self, caller: &Caller, ino: InodeNo, offset: u64, len: u64, flags: FallocFlags) -> FsResult<()> {
+    pub fn fallocate(
+        &self,
+        caller: &Caller,
+        ino: InodeNo,
+        offset: u64,
+        len: u64,
+        flags: FallocFlags,
+    ) -> FsResult<()> {
         if len == 0 {
             return Err(FsError::Invalid("fallocate of zero bytes".into()));
         }
@@ -395,7 +438,11 @@ impl Fs {
         }
         // Partial blocks at the edges are rewritten with zeros.
         let size = self.getattr(ino)?.size;
-        let edges = if inner_s < inner_e { [(start, inner_s), (inner_e, end)] } else { [(start, end), (end, end)] };
+        let edges = if inner_s < inner_e {
+            [(start, inner_s), (inner_e, end)]
+        } else {
+            [(start, end), (end, end)]
+        };
         for (s, e) in edges {
             let e = e.min(size);
             if s < e {
@@ -407,7 +454,9 @@ impl Fs {
 
     /// Byte ranges in `[start, end)` (block aligned) not covered by extents.
     fn holes(&self, ino: InodeNo, start: u64, end: u64) -> FsResult<Vec<(u64, u64)>> {
-        let keys = self.tx(Durability::Lazy, |tx| extents_in(tx, ino, start / SECTOR_BYTES, end / SECTOR_BYTES))?;
+        let keys = self.tx(Durability::Lazy, |tx| {
+            extents_in(tx, ino, start / SECTOR_BYTES, end / SECTOR_BYTES)
+        })?;
         let mut out = Vec::new();
         let mut at = start;
         for k in &keys {
@@ -441,13 +490,22 @@ impl Fs {
             if offset >= v.size {
                 return Err(FsError::NoData);
             }
-            let keys = extents_in(tx, ino, offset / SECTOR_BYTES, v.size.div_ceil(SECTOR_BYTES))?;
+            let keys = extents_in(
+                tx,
+                ino,
+                offset / SECTOR_BYTES,
+                v.size.div_ceil(SECTOR_BYTES),
+            )?;
             match whence {
                 SeekWhence::Data => {
                     for k in &keys {
                         let ks = (k.start() * SECTOR_BYTES).max(offset);
                         if k.end() * SECTOR_BYTES > offset {
-                            return if ks < v.size { Ok(ks) } else { Err(FsError::NoData) };
+                            return if ks < v.size {
+                                Ok(ks)
+                            } else {
+                                Err(FsError::NoData)
+                            };
                         }
                     }
                     Err(FsError::NoData)
