@@ -306,7 +306,7 @@ impl Fs {
         regular(&v)?;
         // A partial last block keeps only the bytes below the new size, so
         // growing the file later reads zeros there.
-        let tail = if size < v.size && size % BLOCK != 0 {
+        let tail = if size < v.size && !size.is_multiple_of(BLOCK) {
             let blk = size / BLOCK * BLOCK;
             let mut b = vec![0u8; BLOCK as usize];
             self.read_inner(ino, blk, &mut b)?;

@@ -109,9 +109,7 @@ impl InodeValue {
             checksum: b[101],
             parent: u64_at(104),
         };
-        if super::types::FileKind::from_mode(v.mode).is_none() {
-            return None;
-        }
+        super::types::FileKind::from_mode(v.mode)?;
         Some(v)
     }
 }
