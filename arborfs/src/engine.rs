@@ -647,6 +647,32 @@ impl Engine {
         Ok(())
     }
 
+    /// Buckets currently being filled (not free, even if empty).
+    pub fn open_buckets(&self) -> std::collections::HashSet<u64> {
+        self.inner.alloc.lock().open.clone()
+    }
+
+    /// Replaces the in-memory space counters (fsck, after recomputing them;
+    /// the caller also rewrites the accounting key).
+    pub fn set_counters(&self, c: [i64; COUNTERS]) {
+        self.inner.alloc.lock().counters = c;
+    }
+
+    /// Every node of every b-tree, read and verified: (btree, pointer).
+    /// Nodes not written yet have temporary offsets (`btree::cache::is_temp`).
+    pub fn walk_nodes(
+        &self,
+        f: &mut dyn FnMut(BtreeId, crate::btree::node_format::BtreePtr),
+    ) -> Result<()> {
+        let ctx = self.inner.ctx();
+        for t in &self.inner.trees {
+            let g = t.read();
+            let id = g.id;
+            g.walk(&ctx, &mut |p| f(id, p))?;
+        }
+        Ok(())
+    }
+
     /// The alloc key of `bucket` (defaults for a never-used bucket).
     pub fn bucket(&self, bucket: u64) -> Result<AllocValue> {
         let ctx = self.inner.ctx();

@@ -6,17 +6,34 @@ use std::sync::Arc;
 
 use arborfs::device::{Device, MemDevice};
 use arborfs::engine::EngineOptions;
-use arborfs::fs::{Caller, FallocFlags, Fs, FsError, FsOptions, InodeNo, ROOT_INO, S_IFREG, SeekWhence};
+use arborfs::fs::{
+    Caller, FallocFlags, Fs, FsError, FsOptions, InodeNo, ROOT_INO, S_IFREG, SeekWhence,
+};
 use arborfs::sb::FormatOptions;
 use proptest::prelude::*;
 
 fn opts() -> FsOptions {
-    FsOptions { engine: EngineOptions { background: false, cache_bytes: 4 << 20, ..Default::default() }, ..Default::default() }
+    FsOptions {
+        engine: EngineOptions {
+            background: false,
+            cache_bytes: 4 << 20,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
 }
 
 fn new_fs(size: u64) -> (Arc<MemDevice>, Fs) {
     let dev = Arc::new(MemDevice::new(size));
-    Fs::format(dev.clone(), &FormatOptions { bucket_size: 256 << 10, node_size: 64 << 10, ..Default::default() }).unwrap();
+    Fs::format(
+        dev.clone(),
+        &FormatOptions {
+            bucket_size: 256 << 10,
+            node_size: 64 << 10,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let fs = Fs::open(dev.clone() as Arc<dyn Device>, opts()).unwrap();
     (dev, fs)
 }
@@ -60,7 +77,10 @@ fn op() -> impl Strategy<Value = Op> {
 fn run(ops: Vec<Op>) {
     let (dev, mut fs) = new_fs(64 << 20);
     let me = Caller::root();
-    let ino = fs.mknod(&me, ROOT_INO, b"f", S_IFREG | 0o644, 0).unwrap().ino;
+    let ino = fs
+        .mknod(&me, ROOT_INO, b"f", S_IFREG | 0o644, 0)
+        .unwrap()
+        .ino;
     let mut model: Vec<u8> = Vec::new();
     for op in ops {
         match op {
@@ -78,7 +98,18 @@ fn run(ops: Vec<Op>) {
                 model.resize(size as usize, 0);
             }
             Op::Punch { off, len } => {
-                fs.fallocate(&me, ino, off, len, FallocFlags { keep_size: true, punch_hole: true, zero_range: false }).unwrap();
+                fs.fallocate(
+                    &me,
+                    ino,
+                    off,
+                    len,
+                    FallocFlags {
+                        keep_size: true,
+                        punch_hole: true,
+                        zero_range: false,
+                    },
+                )
+                .unwrap();
                 let s = (off as usize).min(model.len());
                 let e = ((off + len) as usize).min(model.len());
                 model[s..e].fill(0);
@@ -86,7 +117,9 @@ fn run(ops: Vec<Op>) {
             Op::Read { off, len } => {
                 let mut buf = vec![0xeeu8; len];
                 let n = fs.read(ino, off, &mut buf).unwrap();
-                let want: &[u8] = model.get(off as usize..).map_or(&[], |t| &t[..t.len().min(len)]);
+                let want: &[u8] = model
+                    .get(off as usize..)
+                    .map_or(&[], |t| &t[..t.len().min(len)]);
                 assert_eq!(n, want.len());
                 assert!(buf[..n] == *want, "read at {off} len {len} differs");
             }
@@ -100,14 +133,22 @@ fn run(ops: Vec<Op>) {
                 fs.fsync(ino, false).unwrap();
                 drop(fs);
                 fs = reopen(&dev);
-                assert!(read_all(&fs, ino) == model, "fsynced data lost after a crash");
+                assert!(
+                    read_all(&fs, ino) == model,
+                    "fsynced data lost after a crash"
+                );
             }
         }
     }
     assert!(read_all(&fs, ino) == model);
     // Allocated sectors never exceed what the file covers (holes stay holes).
     let attr = fs.getattr(ino).unwrap();
-    assert!(attr.blocks * 512 <= (model.len() as u64).div_ceil(4096) * 4096, "{} sectors for {} bytes", attr.blocks, model.len());
+    assert!(
+        attr.blocks * 512 <= (model.len() as u64).div_ceil(4096) * 4096,
+        "{} sectors for {} bytes",
+        attr.blocks,
+        model.len()
+    );
     fs.close().unwrap();
 }
 
@@ -123,7 +164,10 @@ proptest! {
 fn sparse_files_stay_sparse_and_seek_finds_data() {
     let (_dev, fs) = new_fs(64 << 20);
     let me = Caller::root();
-    let ino = fs.mknod(&me, ROOT_INO, b"sparse", S_IFREG | 0o644, 0).unwrap().ino;
+    let ino = fs
+        .mknod(&me, ROOT_INO, b"sparse", S_IFREG | 0o644, 0)
+        .unwrap()
+        .ino;
     fs.write(&me, ino, 10 << 20, b"tail").unwrap();
     let a = fs.getattr(ino).unwrap();
     assert_eq!(a.size, (10 << 20) + 4);
@@ -133,16 +177,28 @@ fn sparse_files_stay_sparse_and_seek_finds_data() {
     assert!(buf.iter().all(|&b| b == 0), "holes read as zeros");
     assert_eq!(fs.lseek(ino, 0, SeekWhence::Data).unwrap(), 10 << 20);
     assert_eq!(fs.lseek(ino, 0, SeekWhence::Hole).unwrap(), 0);
-    assert_eq!(fs.lseek(ino, 10 << 20, SeekWhence::Hole).unwrap(), (10 << 20) + 4);
-    assert!(matches!(fs.lseek(ino, 20 << 20, SeekWhence::Data), Err(FsError::NoData)));
+    assert_eq!(
+        fs.lseek(ino, 10 << 20, SeekWhence::Hole).unwrap(),
+        (10 << 20) + 4
+    );
+    assert!(matches!(
+        fs.lseek(ino, 20 << 20, SeekWhence::Data),
+        Err(FsError::NoData)
+    ));
 }
 
 #[test]
 fn flipped_data_byte_reads_as_eio_and_other_files_still_read() {
     let (dev, fs) = new_fs(64 << 20);
     let me = Caller::root();
-    let a = fs.mknod(&me, ROOT_INO, b"a", S_IFREG | 0o644, 0).unwrap().ino;
-    let b = fs.mknod(&me, ROOT_INO, b"b", S_IFREG | 0o644, 0).unwrap().ino;
+    let a = fs
+        .mknod(&me, ROOT_INO, b"a", S_IFREG | 0o644, 0)
+        .unwrap()
+        .ino;
+    let b = fs
+        .mknod(&me, ROOT_INO, b"b", S_IFREG | 0o644, 0)
+        .unwrap()
+        .ino;
     let pattern_a: Vec<u8> = (0..100_000u32).map(|i| (i * 7 + 1) as u8).collect();
     let pattern_b: Vec<u8> = (0..100_000u32).map(|i| (i * 13 + 5) as u8).collect();
     fs.write(&me, a, 0, &pattern_a).unwrap();
@@ -150,12 +206,18 @@ fn flipped_data_byte_reads_as_eio_and_other_files_still_read() {
     fs.close().unwrap();
     // Find a's data on the device and flip one byte of it.
     let mut img = dev.to_bytes();
-    let at = img.windows(64).position(|w| w == &pattern_a[4096..4160]).expect("data on disk");
+    let at = img
+        .windows(64)
+        .position(|w| w == &pattern_a[4096..4160])
+        .expect("data on disk");
     img[at + 10] ^= 0x40;
     let dev2 = Arc::new(MemDevice::from_bytes(img));
     let fs = reopen(&dev2);
     let mut buf = vec![0u8; 100_000];
-    assert!(matches!(fs.read(a, 0, &mut buf), Err(FsError::Io(_))), "damaged data must be EIO");
+    assert!(
+        matches!(fs.read(a, 0, &mut buf), Err(FsError::Io(_))),
+        "damaged data must be EIO"
+    );
     assert_eq!(fs.read(b, 0, &mut buf).unwrap(), 100_000);
     assert!(buf == pattern_b);
 }

@@ -702,6 +702,35 @@ impl TreeState {
         }
     }
 
+    /// Visits every node of the tree, reading each from disk if needed (so
+    /// every checksum and key range is checked): `f(ptr)` per node.
+    pub fn walk(&self, ctx: &TreeCtx, f: &mut dyn FnMut(BtreePtr)) -> Result<()> {
+        self.walk_rec(ctx, self.root, Pos::MIN, Pos::MAX, f)
+    }
+
+    fn walk_rec(
+        &self,
+        ctx: &TreeCtx,
+        ptr: BtreePtr,
+        min: Pos,
+        max: Pos,
+        f: &mut dyn FnMut(BtreePtr),
+    ) -> Result<()> {
+        let n = ctx.load(self.id, ptr, min, max)?;
+        f(ptr);
+        let children = {
+            let g = n.read();
+            if g.is_leaf() {
+                return Ok(());
+            }
+            children_in_range(&g, Pos::MIN, Pos::MAX)?
+        };
+        for c in children {
+            self.walk_rec(ctx, c.ptr, c.min, c.key, f)?;
+        }
+        Ok(())
+    }
+
     /// Number of dirty nodes (a walk over the dirty part of the tree).
     pub fn count_dirty(&self, ctx: &TreeCtx) -> Result<usize> {
         self.count_dirty_rec(ctx, self.root, Pos::MIN, Pos::MAX)

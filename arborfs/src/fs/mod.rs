@@ -9,6 +9,7 @@ pub mod data;
 pub mod dirent;
 pub mod dirent_format;
 pub mod error;
+pub mod fsck;
 pub mod inode;
 pub mod inode_format;
 pub mod namei;

@@ -1,0 +1,487 @@
+//! Offline check and repair.
+//!
+//! Reads every node (so every checksum and key range is verified), then
+//! cross-checks: directory entries against inodes (dangling entries, wrong
+//! d_type), link counts, directory parents, reachability, extents against
+//! their inode (owner exists, within i_size, sector counts), the orphan list,
+//! and allocation: alloc keys, the freespace index and the accounting totals
+//! are recomputed from the extents and b-tree nodes and compared.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::dirent_format::DirentValue;
+use super::error::FsResult;
+use super::inode_format::InodeValue;
+use super::types::*;
+use super::{Fs, inode_pos, orphan_pos};
+use crate::alloc::alloc_format::{AllocValue, COUNTERS, Counter, DataType, encode_counters};
+use crate::alloc::extent_format::ExtentValue;
+use crate::alloc::{ACCOUNTING_POS, bucket_pos};
+use crate::btree::cache::is_temp;
+use crate::btree::trans::Durability;
+use crate::key::{BtreeId, Key, KeyType, Pos};
+
+/// What fsck found and did.
+#[derive(Clone, Debug, Default)]
+pub struct FsckReport {
+    pub problems: Vec<String>,
+    pub repaired: usize,
+    pub unrepaired: usize,
+    pub nodes: u64,
+    pub inodes: u64,
+    pub dirents: u64,
+    pub extents: u64,
+}
+
+impl FsckReport {
+    fn problem(&mut self, fixed: bool, msg: String) {
+        tracing::warn!("fsck: {msg}");
+        self.problems.push(msg);
+        if fixed {
+            self.repaired += 1;
+        } else {
+            self.unrepaired += 1;
+        }
+    }
+
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Checks the filesystem; with `repair`, fixes what it finds. `progress`
+/// gets short status lines for long runs.
+pub fn check(fs: &Fs, repair: bool, progress: &mut dyn FnMut(&str)) -> FsResult<FsckReport> {
+    let mut r = FsckReport::default();
+    let engine = fs.engine();
+    if repair {
+        // Every node gets a real location, so allocation can be checked exactly.
+        engine.checkpoint()?;
+    }
+    progress("checking b-tree nodes");
+    let mut node_slots: Vec<(BtreeId, u64)> = Vec::new();
+    let mut temp_nodes = false;
+    engine.walk_nodes(&mut |b, p| {
+        if is_temp(p.offset) {
+            temp_nodes = true;
+        } else {
+            node_slots.push((b, p.offset));
+        }
+    })?;
+    r.nodes = node_slots.len() as u64;
+
+    progress("checking inodes");
+    let mut inodes: BTreeMap<u64, InodeValue> = BTreeMap::new();
+    let mut orphans: HashSet<u64> = HashSet::new();
+    for k in engine.iter(BtreeId::Inodes, Pos::MIN, Pos::MAX) {
+        let k = k?;
+        if k.pos.inode == 1 {
+            orphans.insert(k.pos.offset);
+            continue;
+        }
+        match InodeValue::decode(&k.value) {
+            Some(v) if k.ty == KeyType::Inode && k.pos.inode == 0 => {
+                inodes.insert(k.pos.offset, v);
+            }
+            _ => {
+                if repair {
+                    fs.tx(Durability::Lazy, |tx| {
+                        tx.delete(BtreeId::Inodes, k.pos);
+                        Ok(())
+                    })?;
+                }
+                r.problem(repair, format!("undecodable inode key at {:?}", k.pos));
+            }
+        }
+    }
+    r.inodes = inodes.len() as u64;
+    if !inodes.contains_key(&ROOT_INO.0) {
+        r.problem(false, "root directory missing".into());
+        return Ok(r);
+    }
+
+    progress("checking directory entries");
+    let mut links: HashMap<u64, u32> = HashMap::new();
+    let mut subdirs: HashMap<u64, u32> = HashMap::new();
+    let mut parent_of: HashMap<u64, u64> = HashMap::new();
+    for k in engine.iter(BtreeId::Dirents, Pos::MIN, Pos::MAX) {
+        let k = k?;
+        if k.ty == KeyType::Whiteout {
+            continue;
+        }
+        r.dirents += 1;
+        let dir_ok = inodes
+            .get(&k.pos.inode)
+            .is_some_and(|d| d.mode & S_IFMT == S_IFDIR);
+        let d = DirentValue::decode(&k.value);
+        let target = d
+            .as_ref()
+            .and_then(|d| inodes.get(&d.target).map(|t| (d, t)));
+        let Some((d, t)) = target.filter(|_| dir_ok) else {
+            if repair {
+                fs.tx(Durability::Lazy, |tx| {
+                    tx.delete(BtreeId::Dirents, k.pos);
+                    Ok(())
+                })?;
+            }
+            r.problem(
+                repair,
+                format!("dangling or bad directory entry at {:?}", k.pos),
+            );
+            continue;
+        };
+        let kind = FileKind::from_mode(t.mode).unwrap_or(FileKind::Regular);
+        if d.d_type != kind.d_type() {
+            if repair {
+                let fixed = DirentValue {
+                    d_type: kind.d_type(),
+                    ..d.clone()
+                };
+                fs.tx(Durability::Lazy, |tx| {
+                    tx.put(
+                        BtreeId::Dirents,
+                        Key::new(k.pos, KeyType::Dirent, fixed.encode()),
+                    );
+                    Ok(())
+                })?;
+            }
+            r.problem(
+                repair,
+                format!(
+                    "entry {:?} in {} has the wrong type",
+                    String::from_utf8_lossy(&d.name),
+                    k.pos.inode
+                ),
+            );
+        }
+        *links.entry(d.target).or_default() += 1;
+        if kind == FileKind::Directory {
+            *subdirs.entry(k.pos.inode).or_default() += 1;
+            if parent_of.insert(d.target, k.pos.inode).is_some() {
+                r.problem(
+                    false,
+                    format!("directory {} has more than one name", d.target),
+                );
+            }
+        }
+    }
+
+    progress("checking link counts");
+    let mut inode_fixes: Vec<(u64, InodeValue)> = Vec::new();
+    for (&ino, v) in &inodes {
+        let is_dir = v.mode & S_IFMT == S_IFDIR;
+        let names = links.get(&ino).copied().unwrap_or(0);
+        let mut fixed = v.clone();
+        if is_dir {
+            let want = 2 + subdirs.get(&ino).copied().unwrap_or(0);
+            if ino != ROOT_INO.0 && names == 0 {
+                r.problem(
+                    false,
+                    format!(
+                        "directory {ino} is not reachable (not moved to lost+found by this version)"
+                    ),
+                );
+                continue;
+            }
+            if v.nlink != want {
+                r.problem(
+                    repair,
+                    format!(
+                        "directory {ino} has link count {} but {want} links",
+                        v.nlink
+                    ),
+                );
+                fixed.nlink = want;
+            }
+            let parent = if ino == ROOT_INO.0 {
+                ROOT_INO.0
+            } else {
+                parent_of.get(&ino).copied().unwrap_or(v.parent)
+            };
+            if v.parent != parent {
+                r.problem(
+                    repair,
+                    format!(
+                        "directory {ino} records parent {} but lives in {parent}",
+                        v.parent
+                    ),
+                );
+                fixed.parent = parent;
+            }
+        } else if names == 0 {
+            if orphans.contains(&ino) {
+                continue; // freed at the next read-write mount
+            }
+            r.problem(
+                false,
+                format!("inode {ino} has no name and is not on the orphan list"),
+            );
+            continue;
+        } else if v.nlink != names {
+            r.problem(
+                repair,
+                format!("inode {ino} has link count {} but {names} names", v.nlink),
+            );
+            fixed.nlink = names;
+        }
+        if &fixed != v {
+            inode_fixes.push((ino, fixed));
+        }
+    }
+    for o in &orphans {
+        if links.get(o).copied().unwrap_or(0) > 0 || !inodes.contains_key(o) {
+            if repair {
+                fs.tx(Durability::Lazy, |tx| {
+                    tx.delete(BtreeId::Inodes, orphan_pos(InodeNo(*o)));
+                    Ok(())
+                })?;
+            }
+            r.problem(
+                repair,
+                format!("orphan list entry for inode {o}, which is linked or gone"),
+            );
+        }
+    }
+
+    progress("checking extents");
+    let geo = engine.geometry();
+    let mut bucket_sectors: HashMap<u64, i64> = HashMap::new();
+    let mut counters = [0i64; COUNTERS];
+    let mut file_sectors: HashMap<u64, u64> = HashMap::new();
+    let mut gens: HashMap<u64, u8> = HashMap::new();
+    for k in engine.iter(BtreeId::Extents, Pos::MIN, Pos::MAX) {
+        let k = k?;
+        r.extents += 1;
+        let owner = inodes.get(&k.pos.inode);
+        let v = ExtentValue::decode(&k.value);
+        let bad = match (owner, &v) {
+            (None, _) => Some("belongs to no inode".to_string()),
+            (Some(o), _) if o.mode & S_IFMT != S_IFREG => {
+                Some("belongs to a non-regular inode".into())
+            }
+            (Some(o), _) if k.start() * 512 >= o.size.div_ceil(4096) * 4096 => {
+                Some("lies past the end of the file".into())
+            }
+            (_, None) if k.ty == KeyType::Extent => Some("has an undecodable value".into()),
+            _ => None,
+        };
+        let stale = match &v {
+            Some(v) => v.ptrs.iter().find_map(|p| {
+                let b = geo.bucket_of(p.dev_sector);
+                let g = *gens.entry(b).or_insert_with(|| {
+                    engine
+                        .bucket(b)
+                        .map(|a| a.generation)
+                        .unwrap_or(p.generation)
+                });
+                (g != p.generation).then_some(format!(
+                    "points into bucket {b} with stale generation {}",
+                    p.generation
+                ))
+            }),
+            None => None,
+        };
+        if let Some(why) = bad.or(stale) {
+            if repair {
+                fs.tx(Durability::Lazy, |tx| {
+                    tx.delete(BtreeId::Extents, k.pos);
+                    Ok(())
+                })?;
+            }
+            r.problem(repair, format!("extent {:?} {why}", k.pos));
+            continue;
+        }
+        *file_sectors.entry(k.pos.inode).or_default() += k.size as u64;
+        if let Some(v) = v {
+            let charge = v.charged_sectors(k.size) as i64;
+            for p in &v.ptrs {
+                *bucket_sectors
+                    .entry(geo.bucket_of(p.dev_sector))
+                    .or_default() += charge;
+            }
+            counters[Counter::UserSectors as usize] += charge * v.ptrs.len() as i64;
+            counters[Counter::UncompressedSectors as usize] += k.size as i64;
+        }
+    }
+    for (&ino, v) in &inodes {
+        let have = file_sectors.get(&ino).copied().unwrap_or(0);
+        if v.mode & S_IFMT == S_IFREG && v.sectors != have {
+            r.problem(
+                repair,
+                format!("inode {ino} records {} sectors but has {have}", v.sectors),
+            );
+            match inode_fixes.iter_mut().find(|(i, _)| *i == ino) {
+                Some((_, f)) => f.sectors = have,
+                None => inode_fixes.push((
+                    ino,
+                    InodeValue {
+                        sectors: have,
+                        ..v.clone()
+                    },
+                )),
+            }
+        }
+    }
+    if repair && !inode_fixes.is_empty() {
+        for chunk in inode_fixes.chunks(256) {
+            fs.tx(Durability::Lazy, |tx| {
+                for (ino, v) in chunk {
+                    tx.put(
+                        BtreeId::Inodes,
+                        Key::new(inode_pos(InodeNo(*ino)), KeyType::Inode, v.encode()),
+                    );
+                }
+                Ok(())
+            })?;
+        }
+    }
+
+    progress("checking allocation");
+    if temp_nodes {
+        r.problem(
+            false,
+            "journal replay is pending (image not clean): allocation not checked; run with -y"
+                .into(),
+        );
+        return Ok(r);
+    }
+    let node_sectors = geo.node_sectors as i64;
+    let mut btree_buckets: HashSet<u64> = HashSet::new();
+    for (_, off) in &node_slots {
+        let b = geo.bucket_of(off / 512);
+        *bucket_sectors.entry(b).or_default() += node_sectors;
+        btree_buckets.insert(b);
+        counters[Counter::BtreeSectors as usize] += node_sectors;
+    }
+    let sb = engine.superblock();
+    let reserved_sectors = geo.bucket_sectors as i64;
+    let open = engine.open_buckets();
+    let mut alloc_fixes: Vec<Key> = Vec::new();
+    let mut free_fixes: Vec<(u64, bool)> = Vec::new();
+    let mut free_count = 0i64;
+    let alloc_keys: HashMap<u64, AllocValue> = engine
+        .iter(
+            BtreeId::Alloc,
+            Pos::new(0, 0, 0),
+            Pos::new(0, u64::MAX, u32::MAX),
+        )
+        .filter_map(|k| k.ok())
+        .filter_map(|k| AllocValue::decode(&k.value).map(|v| (k.pos.offset, v)))
+        .collect();
+    let free_keys: HashSet<u64> = engine
+        .iter(BtreeId::Freespace, Pos::MIN, Pos::MAX)
+        .filter_map(|k| k.ok())
+        .map(|k| k.pos.offset)
+        .collect();
+    for b in 0..geo.nbuckets {
+        let cur = alloc_keys.get(&b).copied().unwrap_or_default();
+        let (want_sectors, want_type) = if b == 0 {
+            (reserved_sectors, DataType::Superblock)
+        } else if b < sb.journal_first_bucket + sb.journal_nbuckets {
+            (reserved_sectors, DataType::Journal)
+        } else {
+            let s = bucket_sectors.get(&b).copied().unwrap_or(0);
+            let t = if s == 0 {
+                if open.contains(&b) {
+                    cur.data_type
+                } else {
+                    DataType::Free
+                }
+            } else if btree_buckets.contains(&b) {
+                DataType::Btree
+            } else {
+                DataType::User
+            };
+            (s, t)
+        };
+        if cur.dirty_sectors as i64 != want_sectors || cur.data_type != want_type {
+            r.problem(
+                repair,
+                format!(
+                    "bucket {b}: alloc key says {} {} sectors, contents are {} {want_sectors}",
+                    cur.data_type.name(),
+                    cur.dirty_sectors,
+                    want_type.name()
+                ),
+            );
+            let v = AllocValue {
+                dirty_sectors: want_sectors as u32,
+                data_type: want_type,
+                ..cur
+            };
+            alloc_fixes.push(Key::new(bucket_pos(b), KeyType::Alloc, v.encode()));
+        }
+        let want_free = b >= geo.first_data_bucket && want_sectors == 0 && !open.contains(&b);
+        if want_free {
+            free_count += 1;
+        }
+        if want_free != free_keys.contains(&b) && !(open.contains(&b) && want_sectors == 0) {
+            r.problem(
+                repair,
+                format!(
+                    "bucket {b}: freespace index says {}",
+                    if want_free {
+                        "used, but it is free"
+                    } else {
+                        "free, but it is used"
+                    }
+                ),
+            );
+            free_fixes.push((b, want_free));
+        }
+    }
+    // Open buckets that never held data keep their freespace key.
+    let open_free = open
+        .iter()
+        .filter(|b| bucket_sectors.get(b).copied().unwrap_or(0) == 0 && free_keys.contains(b))
+        .count();
+    counters[Counter::FreeBuckets as usize] = free_count + open_free as i64;
+    let have = engine.counters();
+    if have != counters {
+        r.problem(
+            repair,
+            format!("accounting totals {have:?} differ from the recomputed {counters:?}"),
+        );
+    }
+    if repair && (!alloc_fixes.is_empty() || !free_fixes.is_empty() || have != counters) {
+        for chunk in alloc_fixes.chunks(1024) {
+            fs.tx(Durability::Lazy, |tx| {
+                for k in chunk {
+                    tx.put(BtreeId::Alloc, k.clone());
+                }
+                Ok(())
+            })?;
+        }
+        for chunk in free_fixes.chunks(1024) {
+            fs.tx(Durability::Lazy, |tx| {
+                for &(b, free) in chunk {
+                    if free {
+                        tx.put(
+                            BtreeId::Freespace,
+                            Key::new(bucket_pos(b), KeyType::Free, Vec::new()),
+                        );
+                    } else {
+                        tx.delete(BtreeId::Freespace, bucket_pos(b));
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        engine.set_counters(counters);
+        fs.tx(Durability::Lazy, |tx| {
+            tx.put(
+                BtreeId::Alloc,
+                Key::new(
+                    ACCOUNTING_POS,
+                    KeyType::Accounting,
+                    encode_counters(&counters),
+                ),
+            );
+            Ok(())
+        })?;
+    }
+    if repair {
+        fs.sync()?;
+    }
+    Ok(r)
+}

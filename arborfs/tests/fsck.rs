@@ -1,0 +1,189 @@
+//! fsck finds nothing on a healthy filesystem, and finds and repairs each
+//! class of damage (a second run is then clean).
+
+use std::sync::Arc;
+
+use arborfs::alloc::alloc_format::AllocValue;
+use arborfs::device::{Device, MemDevice};
+use arborfs::engine::EngineOptions;
+use arborfs::fs::fsck::check;
+use arborfs::fs::{Caller, Fs, FsOptions, InodeNo, ROOT_INO, S_IFREG};
+use arborfs::sb::FormatOptions;
+use arborfs::{BtreeId, Durability, Key, KeyType, Pos};
+
+fn opts() -> FsOptions {
+    FsOptions {
+        engine: EngineOptions {
+            background: false,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// A filesystem with directories, files with data, a symlink and a hard link.
+fn populated() -> (Arc<MemDevice>, InodeNo, InodeNo) {
+    let dev = Arc::new(MemDevice::new(64 << 20));
+    Fs::format(
+        dev.clone(),
+        &FormatOptions {
+            bucket_size: 256 << 10,
+            node_size: 64 << 10,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let fs = Fs::open(dev.clone() as Arc<dyn Device>, opts()).unwrap();
+    let me = Caller::root();
+    let d = fs.mkdir(&me, ROOT_INO, b"dir", 0o755).unwrap().ino;
+    let mut last = ROOT_INO;
+    for i in 0..50u32 {
+        let f = fs
+            .mknod(&me, d, format!("file{i}").as_bytes(), S_IFREG | 0o644, 0)
+            .unwrap()
+            .ino;
+        fs.write(&me, f, 0, &vec![i as u8; 5000 + i as usize * 300])
+            .unwrap();
+        last = f;
+    }
+    fs.symlink(&me, ROOT_INO, b"link", b"dir/file1").unwrap();
+    fs.mkdir(&me, d, b"sub", 0o700).unwrap();
+    fs.close().unwrap();
+    (dev, d, last)
+}
+
+fn fsck(dev: &Arc<MemDevice>, repair: bool) -> arborfs::fs::fsck::FsckReport {
+    let fs = Fs::open(dev.clone() as Arc<dyn Device>, opts()).unwrap();
+    let r = check(&fs, repair, &mut |_| {}).unwrap();
+    fs.close().unwrap();
+    r
+}
+
+fn damage(dev: &Arc<MemDevice>, f: impl Fn(&Fs)) {
+    let fs = Fs::open(dev.clone() as Arc<dyn Device>, opts()).unwrap();
+    f(&fs);
+    fs.close().unwrap();
+}
+
+fn assert_repairs(dev: &Arc<MemDevice>, what: &str) {
+    let r = fsck(dev, false);
+    assert!(!r.is_clean(), "{what}: fsck -n found nothing");
+    let r = fsck(dev, true);
+    assert!(
+        r.repaired > 0 && r.unrepaired == 0,
+        "{what}: {:?}",
+        r.problems
+    );
+    let r = fsck(dev, false);
+    assert!(
+        r.is_clean(),
+        "{what}: still damaged after repair: {:?}",
+        r.problems
+    );
+}
+
+#[test]
+fn healthy_filesystem_is_clean() {
+    let (dev, _, _) = populated();
+    let r = fsck(&dev, false);
+    assert!(r.is_clean(), "{:?}", r.problems);
+    assert!(
+        r.inodes >= 53 && r.dirents >= 53 && r.extents >= 50 && r.nodes >= 9,
+        "{r:?}"
+    );
+}
+
+#[test]
+fn dangling_dirent_is_removed() {
+    let (dev, _, f) = populated();
+    damage(&dev, |fs| {
+        fs.engine()
+            .transact(Durability::Lazy, |tx| {
+                tx.delete(BtreeId::Inodes, Pos::new(0, f.0, u32::MAX));
+                Ok(())
+            })
+            .unwrap();
+    });
+    assert_repairs(&dev, "dangling dirent");
+}
+
+#[test]
+fn wrong_link_count_is_fixed() {
+    let (dev, d, _) = populated();
+    damage(&dev, |fs| {
+        let k = fs
+            .engine()
+            .get(BtreeId::Inodes, Pos::new(0, d.0, u32::MAX))
+            .unwrap()
+            .unwrap();
+        let mut v = arborfs::fs::inode_format::InodeValue::decode(&k.value).unwrap();
+        v.nlink = 7;
+        fs.engine()
+            .transact(Durability::Lazy, |tx| {
+                tx.put(BtreeId::Inodes, Key::new(k.pos, KeyType::Inode, v.encode()));
+                Ok(())
+            })
+            .unwrap();
+    });
+    assert_repairs(&dev, "nlink");
+}
+
+#[test]
+fn wrong_alloc_key_is_fixed() {
+    let (dev, _, _) = populated();
+    damage(&dev, |fs| {
+        let e = fs.engine();
+        let k = e
+            .iter(
+                BtreeId::Alloc,
+                Pos::new(0, 0, 0),
+                Pos::new(0, u64::MAX, u32::MAX),
+            )
+            .map(|k| k.unwrap())
+            .find(|k| {
+                AllocValue::decode(&k.value)
+                    .is_some_and(|v| v.data_type == arborfs::alloc::alloc_format::DataType::User)
+            })
+            .unwrap();
+        let mut v = AllocValue::decode(&k.value).unwrap();
+        v.dirty_sectors += 13;
+        e.transact(Durability::Lazy, |tx| {
+            tx.put(BtreeId::Alloc, Key::new(k.pos, KeyType::Alloc, v.encode()));
+            Ok(())
+        })
+        .unwrap();
+    });
+    assert_repairs(&dev, "alloc");
+}
+
+#[test]
+fn extent_past_end_of_file_is_dropped() {
+    let (dev, _, f) = populated();
+    damage(&dev, |fs| {
+        let k = fs
+            .engine()
+            .iter(
+                BtreeId::Extents,
+                Pos::new(f.0, 0, 0),
+                Pos::new(f.0, u64::MAX, u32::MAX),
+            )
+            .next()
+            .unwrap()
+            .unwrap();
+        let mut far = k.clone();
+        far.pos.offset += 1 << 20;
+        fs.engine()
+            .transact(Durability::Lazy, |tx| {
+                tx.put(
+                    BtreeId::Extents,
+                    Key {
+                        ty: KeyType::Extent,
+                        ..far.clone()
+                    },
+                );
+                Ok(())
+            })
+            .unwrap();
+    });
+    assert_repairs(&dev, "extent past EOF");
+}
