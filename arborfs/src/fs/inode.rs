@@ -15,7 +15,10 @@ pub fn read_inode_opt(tx: &mut Transaction<'_>, ino: InodeNo) -> FsResult<Option
         Some(k) if k.ty == KeyType::Inode => InodeValue::decode(&k.value)
             .map(Some)
             .ok_or_else(|| FsError::Corrupted(format!("undecodable inode {}", ino.0))),
-        Some(_) => Err(FsError::Corrupted(format!("key at inode {} is not an inode", ino.0))),
+        Some(_) => Err(FsError::Corrupted(format!(
+            "key at inode {} is not an inode",
+            ino.0
+        ))),
         None => Ok(None),
     }
 }
@@ -25,7 +28,10 @@ pub fn read_inode(tx: &mut Transaction<'_>, ino: InodeNo) -> FsResult<InodeValue
 }
 
 pub fn write_inode(tx: &mut Transaction<'_>, ino: InodeNo, v: &InodeValue) {
-    tx.put(BtreeId::Inodes, Key::new(inode_pos(ino), KeyType::Inode, v.encode()));
+    tx.put(
+        BtreeId::Inodes,
+        Key::new(inode_pos(ino), KeyType::Inode, v.encode()),
+    );
 }
 
 pub fn to_attr(ino: InodeNo, v: &InodeValue) -> Attr {
@@ -58,15 +64,29 @@ impl Fs {
     /// Frees an inode with no names left: its data, xattrs, the inode
     /// itself and its orphan-list entry, in one transaction.
     pub(crate) fn evict_inode(&self, ino: InodeNo) -> FsResult<()> {
-        let xattrs: Vec<Pos> = self
-            .engine
-            .iter(BtreeId::Xattrs, Pos::new(ino.0, 0, 0), Pos::new(ino.0, u64::MAX, u32::MAX))
-            .map(|k| k.map(|k| k.pos))
-            .collect::<Result<_, _>>()?;
         self.tx(Durability::Lazy, |tx| {
-            tx.delete_range(BtreeId::Extents, ino.0, ROOT_SNAPSHOT, 0, MAX_FILE_SIZE / 512);
-            for p in &xattrs {
-                tx.delete(BtreeId::Xattrs, *p);
+            tx.delete_range(
+                BtreeId::Extents,
+                ino.0,
+                ROOT_SNAPSHOT,
+                0,
+                MAX_FILE_SIZE / 512,
+            );
+            // Xattrs and a symlink's target; a directory's leftover
+            // whiteouts. Whiteouts are keys too: scan, not iter.
+            let end = Pos::new(ino.0, u64::MAX, u32::MAX);
+            for btree in [BtreeId::Xattrs, BtreeId::Dirents] {
+                let mut start = Pos::new(ino.0, 0, 0);
+                loop {
+                    let keys = tx.scan(btree, start, end, 256)?;
+                    for k in &keys {
+                        tx.delete(btree, k.pos);
+                    }
+                    match keys.last().and_then(|k| k.pos.successor()) {
+                        Some(next) if keys.len() == 256 => start = next,
+                        _ => break,
+                    }
+                }
             }
             tx.delete(BtreeId::Inodes, inode_pos(ino));
             tx.delete(BtreeId::Inodes, orphan_pos(ino));
