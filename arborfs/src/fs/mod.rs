@@ -13,6 +13,7 @@ pub mod inode;
 pub mod inode_format;
 pub mod namei;
 pub mod perm;
+pub mod setattr;
 pub mod types;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 pub use error::{FsError, FsResult};
+pub use setattr::{SetAttr, TimeOrNow};
 pub use types::*;
 
 use crate::alloc::alloc_format::Counter;
