@@ -13,6 +13,7 @@ pub mod inode;
 pub mod inode_format;
 pub mod namei;
 pub mod perm;
+pub mod rename;
 pub mod setattr;
 pub mod types;
 
@@ -23,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 pub use error::{FsError, FsResult};
+pub use rename::RenameFlags;
 pub use setattr::{SetAttr, TimeOrNow};
 pub use types::*;
 
