@@ -16,6 +16,8 @@ pub mod perm;
 pub mod rename;
 pub mod setattr;
 pub mod types;
+pub mod xattr;
+pub mod xattr_format;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +29,7 @@ pub use error::{FsError, FsResult};
 pub use rename::RenameFlags;
 pub use setattr::{SetAttr, TimeOrNow};
 pub use types::*;
+pub use xattr::XattrSet;
 
 use crate::alloc::alloc_format::Counter;
 use crate::btree::trans::{Durability, Transaction};
