@@ -68,7 +68,8 @@ fn parse_name(name: &[u8]) -> FsResult<(Namespace, &[u8])> {
 
 /// POSIX ACL xattr encoding: u32 version 2, then 8-byte entries.
 fn check_acl(value: &[u8]) -> FsResult<()> {
-    if value.len() < 4 || !(value.len() - 4).is_multiple_of(8) || value[0..4] != 2u32.to_le_bytes() {
+    if value.len() < 4 || !(value.len() - 4).is_multiple_of(8) || value[0..4] != 2u32.to_le_bytes()
+    {
         return Err(FsError::Invalid("malformed POSIX ACL".into()));
     }
     Ok(())
