@@ -1,17 +1,16 @@
 //! Directory entries: a hash table in the dirents btree with linear
-//! probing. A slot holds an entry or a whiteout (a deleted entry inside a
-//! probe chain); the first empty slot ends a chain.
+//! probing (see [`super::hashtab`]). A slot holds an entry or a whiteout (a
+//! deleted entry inside a probe chain); the first empty slot ends a chain.
 
 use super::dirent_format::{DirentValue, NAME_MAX, name_slot};
 use super::error::{FsError, FsResult};
-use super::types::{InodeNo, ROOT_SNAPSHOT};
+use super::hashtab;
+use super::types::InodeNo;
 use crate::btree::trans::Transaction;
 use crate::key::{BtreeId, Key, KeyType, Pos};
 
-const PROBE_BATCH: usize = 16;
-
 pub fn dirent_pos(dir: InodeNo, slot: u64) -> Pos {
-    Pos::new(dir.0, slot, ROOT_SNAPSHOT)
+    hashtab::slot_pos(dir.0, slot)
 }
 
 pub fn check_name(name: &[u8]) -> FsResult<()> {
@@ -40,36 +39,13 @@ fn probe(
     dir: InodeNo,
     name: &[u8],
 ) -> FsResult<(Option<(u64, DirentValue)>, u64)> {
-    let mut slot = name_slot(name);
-    let mut insert_at = None;
-    loop {
-        let keys = tx.scan(
-            BtreeId::Dirents,
-            dirent_pos(dir, slot),
-            dirent_pos(dir, slot + PROBE_BATCH as u64 - 1),
-            PROBE_BATCH,
-        )?;
-        let mut expect = slot;
-        for k in &keys {
-            if k.pos.offset != expect {
-                // A gap: the chain ends at `expect`.
-                return Ok((None, insert_at.unwrap_or(expect)));
-            }
-            if k.ty == KeyType::Whiteout {
-                insert_at.get_or_insert(expect);
-            } else {
-                let d = decode(k)?;
-                if d.name == name {
-                    return Ok((Some((expect, d)), insert_at.unwrap_or(expect)));
-                }
-            }
-            expect += 1;
-        }
-        if keys.len() < PROBE_BATCH {
-            return Ok((None, insert_at.unwrap_or(expect)));
-        }
-        slot = expect;
-    }
+    let (hit, insert_at) = hashtab::probe(tx, BtreeId::Dirents, dir.0, name_slot(name), |k| {
+        Ok(decode(k)?.name == name)
+    })?;
+    let hit = hit
+        .map(|(slot, k)| Ok::<_, FsError>((slot, decode(&k)?)))
+        .transpose()?;
+    Ok((hit, insert_at))
 }
 
 /// The entry `name` in `dir`: (slot, value).
@@ -128,13 +104,7 @@ pub fn replace(
 
 /// Removes the entry at `slot`, leaving a whiteout if a chain continues past it.
 pub fn remove(tx: &mut Transaction<'_>, dir: InodeNo, slot: u64) -> FsResult<()> {
-    let next = tx.get(BtreeId::Dirents, dirent_pos(dir, slot + 1))?;
-    if next.is_some() {
-        tx.put(BtreeId::Dirents, Key::whiteout(dirent_pos(dir, slot)));
-    } else {
-        tx.delete(BtreeId::Dirents, dirent_pos(dir, slot));
-    }
-    Ok(())
+    hashtab::remove(tx, BtreeId::Dirents, dir.0, slot)
 }
 
 /// True if `dir` has no entries (whiteouts don't count).
@@ -170,21 +140,8 @@ pub fn list(
     from_slot: u64,
     limit: usize,
 ) -> FsResult<Vec<(u64, DirentValue)>> {
-    let mut out = Vec::new();
-    let mut start = dirent_pos(dir, from_slot);
-    let end = dirent_pos(dir, u64::MAX);
-    while out.len() < limit {
-        let keys = tx.scan(BtreeId::Dirents, start, end, limit)?;
-        for k in &keys {
-            if k.ty != KeyType::Whiteout {
-                out.push((k.pos.offset, decode(k)?));
-            }
-        }
-        match keys.last() {
-            Some(k) if keys.len() == limit => start = k.pos.successor().unwrap_or(end),
-            _ => break,
-        }
-    }
-    out.truncate(limit);
-    Ok(out)
+    hashtab::list(tx, BtreeId::Dirents, dir.0, from_slot, limit)?
+        .iter()
+        .map(|k| Ok((k.pos.offset, decode(k)?)))
+        .collect()
 }

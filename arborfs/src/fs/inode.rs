@@ -64,15 +64,6 @@ impl Fs {
     /// Frees an inode with no names left: its data, xattrs, the inode
     /// itself and its orphan-list entry, in one transaction.
     pub(crate) fn evict_inode(&self, ino: InodeNo) -> FsResult<()> {
-        let xattrs: Vec<Pos> = self
-            .engine
-            .iter(
-                BtreeId::Xattrs,
-                Pos::new(ino.0, 0, 0),
-                Pos::new(ino.0, u64::MAX, u32::MAX),
-            )
-            .map(|k| k.map(|k| k.pos))
-            .collect::<Result<_, _>>()?;
         self.tx(Durability::Lazy, |tx| {
             tx.delete_range(
                 BtreeId::Extents,
@@ -81,8 +72,21 @@ impl Fs {
                 0,
                 MAX_FILE_SIZE / 512,
             );
-            for p in &xattrs {
-                tx.delete(BtreeId::Xattrs, *p);
+            // Xattrs and a symlink's target; a directory's leftover
+            // whiteouts. Whiteouts are keys too: scan, not iter.
+            let end = Pos::new(ino.0, u64::MAX, u32::MAX);
+            for btree in [BtreeId::Xattrs, BtreeId::Dirents] {
+                let mut start = Pos::new(ino.0, 0, 0);
+                loop {
+                    let keys = tx.scan(btree, start, end, 256)?;
+                    for k in &keys {
+                        tx.delete(btree, k.pos);
+                    }
+                    match keys.last().and_then(|k| k.pos.successor()) {
+                        Some(next) if keys.len() == 256 => start = next,
+                        _ => break,
+                    }
+                }
             }
             tx.delete(BtreeId::Inodes, inode_pos(ino));
             tx.delete(BtreeId::Inodes, orphan_pos(ino));

@@ -109,6 +109,7 @@ impl InodeValue {
             checksum: b[101],
             parent: u64_at(104),
         };
+        // A mode without a file type is damage.
         super::types::FileKind::from_mode(v.mode)?;
         Some(v)
     }

@@ -10,11 +10,16 @@ pub mod dirent;
 pub mod dirent_format;
 pub mod error;
 pub mod fsck;
+pub mod hashtab;
 pub mod inode;
 pub mod inode_format;
 pub mod namei;
 pub mod perm;
+pub mod rename;
+pub mod setattr;
 pub mod types;
+pub mod xattr;
+pub mod xattr_format;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,7 +29,10 @@ use parking_lot::{Mutex, RwLock};
 
 pub use data::{FallocFlags, SeekWhence};
 pub use error::{FsError, FsResult};
+pub use rename::RenameFlags;
+pub use setattr::{SetAttr, TimeOrNow};
 pub use types::*;
+pub use xattr::XattrSet;
 
 use crate::alloc::alloc_format::Counter;
 use crate::btree::trans::{Durability, Transaction};

@@ -24,7 +24,7 @@ pub(crate) fn symlink_pos(ino: InodeNo) -> Pos {
 const COOKIE_DOTDOT: u64 = 1;
 const COOKIE_ENTRIES: u64 = 2;
 
-fn dir_inode(tx: &mut Transaction<'_>, dir: InodeNo) -> FsResult<InodeValue> {
+pub(crate) fn dir_inode(tx: &mut Transaction<'_>, dir: InodeNo) -> FsResult<InodeValue> {
     let v = read_inode(tx, dir)?;
     if v.mode & S_IFMT != S_IFDIR {
         return Err(FsError::NotDir);
@@ -248,34 +248,43 @@ impl Fs {
             d.ctime = now;
             if is_dir {
                 d.nlink = d.nlink.saturating_sub(1);
-                v.nlink = 0;
-            } else {
-                v.nlink = v.nlink.saturating_sub(1);
             }
-            v.ctime = now;
             write_inode(tx, parent, &d);
-            let gone = v.nlink == 0;
-            if gone && self.open_count(target) > 0 {
-                // Keep it until the last close; a crash leaves it on the orphan list.
-                v.flags |= INODE_UNLINKED;
-                write_inode(tx, target, &v);
-                tx.put(
-                    BtreeId::Inodes,
-                    Key::new(orphan_pos(target), KeyType::Blob, Vec::new()),
-                );
-                Ok(None)
-            } else if gone {
-                write_inode(tx, target, &v);
-                Ok(Some(target))
-            } else {
-                write_inode(tx, target, &v);
-                Ok(None)
-            }
+            Ok(self.drop_link(tx, target, &mut v, now))
         })?;
         if let Some(ino) = evict {
             self.evict_inode(ino)?;
         }
         Ok(())
+    }
+
+    /// Takes one name away from `v` (every name, for a directory), sets its
+    /// ctime and queues the write. At zero links the inode goes on the
+    /// orphan list in the same transaction (so a crash cannot leak it); if
+    /// no handle has it open it is returned, to be evicted after the commit.
+    pub(crate) fn drop_link(
+        &self,
+        tx: &mut Transaction<'_>,
+        ino: InodeNo,
+        v: &mut InodeValue,
+        now: Timespec,
+    ) -> Option<InodeNo> {
+        if v.mode & S_IFMT == S_IFDIR {
+            v.nlink = 0;
+        } else {
+            v.nlink = v.nlink.saturating_sub(1);
+        }
+        v.ctime = now;
+        let gone = v.nlink == 0;
+        if gone {
+            v.flags |= INODE_UNLINKED;
+            tx.put(
+                BtreeId::Inodes,
+                Key::new(orphan_pos(ino), KeyType::Blob, Vec::new()),
+            );
+        }
+        write_inode(tx, ino, v);
+        (gone && self.open_count(ino) == 0).then_some(ino)
     }
 
     /// Lists `dir` from `cookie` (0 to start); `f` gets each entry and
@@ -339,14 +348,14 @@ fn dirent_format_name_max() -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use super::*;
     use crate::device::MemDevice;
     use crate::fs::FsOptions;
 
-    fn fs() -> Fs {
+    pub(crate) fn fs() -> Fs {
         let dev = Arc::new(MemDevice::new(64 << 20));
         let opts = crate::sb::FormatOptions {
             bucket_size: 64 << 10,

@@ -1,0 +1,550 @@
+//! Extended attributes, with Linux's naming and permission rules
+//! (`xattr_permission` plus the capability checks of the security module):
+//!
+//! - names need a known prefix (`user.`, `trusted.`, `security.`, or exactly
+//!   `system.posix_acl_access` / `system.posix_acl_default`), else
+//!   `NotSupported`; an empty or over-255-byte name is `Range`, a bare
+//!   prefix `Invalid`; values over 64 KiB are `TooBig`;
+//! - `trusted.*` is root's only (others: writes `NotPermitted`, reads and
+//!   lists see nothing);
+//! - `security.*`: anyone reads, root writes;
+//! - `system.posix_acl_*`: anyone reads, the owner or root writes; the value
+//!   must be a POSIX ACL in the kernel's xattr encoding (stored, not
+//!   interpreted);
+//! - `user.*` only on regular files and directories (elsewhere writes are
+//!   `NotPermitted` and reads `NoAttr`), needs read or write permission on
+//!   the file, and in a sticky directory only its owner (or root) writes.
+//!
+//! Setting or removing one updates the inode's ctime.
+
+use super::Fs;
+use super::error::{FsError, FsResult};
+use super::hashtab::{self, slot_pos};
+use super::inode::{read_inode, write_inode};
+use super::inode_format::InodeValue;
+use super::perm::{MAY_READ, MAY_WRITE, check_access, check_owner};
+use super::types::*;
+use super::xattr_format::{
+    Namespace, SYSTEM_NAMES, XATTR_NAME_MAX, XATTR_SIZE_MAX, XattrValue, xattr_slot,
+};
+use crate::btree::trans::{Durability, Transaction};
+use crate::key::{BtreeId, Key, KeyType};
+
+/// How `setxattr` treats an existing attribute.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XattrSet {
+    /// Create or replace.
+    #[default]
+    Any,
+    /// Fail with `Exists` if it is there (XATTR_CREATE).
+    Create,
+    /// Fail with `NoAttr` if it is not (XATTR_REPLACE).
+    Replace,
+}
+
+/// Splits a full name into namespace and the rest.
+fn parse_name(name: &[u8]) -> FsResult<(Namespace, &[u8])> {
+    if name.is_empty() || name.len() > XATTR_NAME_MAX {
+        return Err(FsError::Range);
+    }
+    if name.contains(&0) {
+        return Err(FsError::Invalid("xattr name with a NUL byte".into()));
+    }
+    for ns in [Namespace::User, Namespace::Trusted, Namespace::Security] {
+        if let Some(rest) = name.strip_prefix(ns.prefix()) {
+            if rest.is_empty() {
+                return Err(FsError::Invalid("xattr name is only a prefix".into()));
+            }
+            return Ok((ns, rest));
+        }
+    }
+    if let Some(rest) = name.strip_prefix(Namespace::System.prefix())
+        && SYSTEM_NAMES.contains(&rest)
+    {
+        return Ok((Namespace::System, rest));
+    }
+    Err(FsError::NotSupported)
+}
+
+/// POSIX ACL xattr encoding: u32 version 2, then 8-byte entries.
+fn check_acl(value: &[u8]) -> FsResult<()> {
+    if value.len() < 4 || !(value.len() - 4).is_multiple_of(8) || value[0..4] != 2u32.to_le_bytes()
+    {
+        return Err(FsError::Invalid("malformed POSIX ACL".into()));
+    }
+    Ok(())
+}
+
+/// May `caller` read (`write` false) or write the attribute?
+fn check_perm(
+    caller: &Caller,
+    v: &InodeValue,
+    ns: Namespace,
+    name: &[u8],
+    write: bool,
+) -> FsResult<()> {
+    let kind = FileKind::from_mode(v.mode).unwrap_or(FileKind::Regular);
+    match ns {
+        Namespace::Trusted if !caller.is_root() => Err(if write {
+            FsError::NotPermitted
+        } else {
+            FsError::NoAttr
+        }),
+        Namespace::Trusted => Ok(()),
+        Namespace::Security if write && !caller.is_root() => Err(FsError::NotPermitted),
+        Namespace::Security => Ok(()),
+        Namespace::System if !write => Ok(()),
+        Namespace::System => {
+            if kind == FileKind::Symlink {
+                return Err(FsError::NotSupported);
+            }
+            check_owner(caller, v)?;
+            if name == SYSTEM_NAMES[1] && kind != FileKind::Directory {
+                return Err(FsError::AccessDenied);
+            }
+            Ok(())
+        }
+        Namespace::User => {
+            if !matches!(kind, FileKind::Regular | FileKind::Directory) {
+                return Err(if write {
+                    FsError::NotPermitted
+                } else {
+                    FsError::NoAttr
+                });
+            }
+            if write
+                && kind == FileKind::Directory
+                && v.mode & S_ISVTX != 0
+                && !(caller.is_root() || caller.uid == v.uid)
+            {
+                return Err(FsError::NotPermitted);
+            }
+            check_access(caller, v, if write { MAY_WRITE } else { MAY_READ })
+        }
+    }
+}
+
+fn decode(k: &Key) -> FsResult<XattrValue> {
+    if k.ty != KeyType::Xattr {
+        return Err(FsError::Corrupted(format!(
+            "key at {:?} is not an xattr",
+            k.pos
+        )));
+    }
+    XattrValue::decode(&k.value)
+        .ok_or_else(|| FsError::Corrupted(format!("bad xattr at {:?}", k.pos)))
+}
+
+/// The attribute's slot and value if present, and where it would go.
+fn probe(
+    tx: &mut Transaction<'_>,
+    ino: InodeNo,
+    ns: Namespace,
+    name: &[u8],
+) -> FsResult<(Option<(u64, XattrValue)>, u64)> {
+    let (hit, insert_at) = hashtab::probe(tx, BtreeId::Xattrs, ino.0, xattr_slot(ns, name), |k| {
+        let x = decode(k)?;
+        Ok(x.ns == ns && x.name == name)
+    })?;
+    let hit = hit
+        .map(|(slot, k)| Ok::<_, FsError>((slot, decode(&k)?)))
+        .transpose()?;
+    Ok((hit, insert_at))
+}
+
+impl Fs {
+    /// The value of attribute `name` (full name, with prefix).
+    pub fn getxattr(&self, caller: &Caller, ino: InodeNo, name: &[u8]) -> FsResult<Vec<u8>> {
+        let (ns, short) = parse_name(name)?;
+        self.tx(Durability::Lazy, |tx| {
+            let v = read_inode(tx, ino)?;
+            check_perm(caller, &v, ns, short, false)?;
+            match probe(tx, ino, ns, short)?.0 {
+                Some((_, x)) => Ok(x.value),
+                None => Err(FsError::NoAttr),
+            }
+        })
+    }
+
+    /// Sets attribute `name` to `value`.
+    pub fn setxattr(
+        &self,
+        caller: &Caller,
+        ino: InodeNo,
+        name: &[u8],
+        value: &[u8],
+        how: XattrSet,
+    ) -> FsResult<()> {
+        let (ns, short) = parse_name(name)?;
+        if value.len() > XATTR_SIZE_MAX {
+            return Err(FsError::TooBig);
+        }
+        // The engine bounds a key's value by the node size.
+        if XattrValue::encoded_len(short.len(), value.len())
+            > self.engine.inner.ctx().max_value_bytes()
+        {
+            return Err(FsError::TooBig);
+        }
+        if ns == Namespace::System {
+            check_acl(value)?;
+        }
+        let encoded = XattrValue {
+            ns,
+            name: short.to_vec(),
+            value: value.to_vec(),
+        }
+        .encode();
+        self.tx(Durability::Lazy, |tx| {
+            let mut v = read_inode(tx, ino)?;
+            check_perm(caller, &v, ns, short, true)?;
+            let (hit, free) = probe(tx, ino, ns, short)?;
+            let slot = match (how, hit) {
+                (XattrSet::Create, Some(_)) => return Err(FsError::Exists),
+                (XattrSet::Replace, None) => return Err(FsError::NoAttr),
+                (_, Some((slot, _))) => slot,
+                (_, None) => free,
+            };
+            tx.put(
+                BtreeId::Xattrs,
+                Key::new(slot_pos(ino.0, slot), KeyType::Xattr, encoded.clone()),
+            );
+            v.ctime = Timespec::now();
+            write_inode(tx, ino, &v);
+            Ok(())
+        })
+    }
+
+    /// Full names (with prefix) of the attributes `caller` may see.
+    pub fn listxattr(&self, caller: &Caller, ino: InodeNo) -> FsResult<Vec<Vec<u8>>> {
+        const BATCH: usize = 128;
+        self.tx(Durability::Lazy, |tx| {
+            read_inode(tx, ino)?;
+            let mut out = Vec::new();
+            let mut from = super::dirent_format::FIRST_SLOT;
+            loop {
+                let keys = hashtab::list(tx, BtreeId::Xattrs, ino.0, from, BATCH)?;
+                for k in &keys {
+                    let x = decode(k)?;
+                    if x.ns != Namespace::Trusted || caller.is_root() {
+                        out.push(x.full_name());
+                    }
+                }
+                match keys.last() {
+                    Some(k) if keys.len() == BATCH => from = k.pos.offset + 1,
+                    _ => return Ok(out),
+                }
+            }
+        })
+    }
+
+    /// Removes attribute `name`.
+    pub fn removexattr(&self, caller: &Caller, ino: InodeNo, name: &[u8]) -> FsResult<()> {
+        let (ns, short) = parse_name(name)?;
+        self.tx(Durability::Lazy, |tx| {
+            let mut v = read_inode(tx, ino)?;
+            check_perm(caller, &v, ns, short, true)?;
+            let (slot, _) = probe(tx, ino, ns, short)?.0.ok_or(FsError::NoAttr)?;
+            hashtab::remove(tx, BtreeId::Xattrs, ino.0, slot)?;
+            v.ctime = Timespec::now();
+            write_inode(tx, ino, &v);
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::SetAttr;
+    use crate::fs::namei::tests::fs;
+
+    fn root() -> Caller {
+        Caller::root()
+    }
+
+    fn user(uid: u32) -> Caller {
+        Caller {
+            uid,
+            gid: uid,
+            groups: vec![],
+        }
+    }
+
+    fn sorted(mut v: Vec<Vec<u8>>) -> Vec<String> {
+        v.sort();
+        v.into_iter()
+            .map(|n| String::from_utf8(n).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn set_get_list_remove() {
+        let fs = fs();
+        let f = fs
+            .mknod(&root(), ROOT_INO, b"f", S_IFREG | 0o644, 0)
+            .unwrap()
+            .ino;
+        let c0 = fs.getattr(f).unwrap().ctime;
+        fs.setxattr(&root(), f, b"user.a", b"1", XattrSet::Any)
+            .unwrap();
+        assert!(fs.getattr(f).unwrap().ctime >= c0);
+        fs.setxattr(&root(), f, b"trusted.t", b"2", XattrSet::Create)
+            .unwrap();
+        fs.setxattr(&root(), f, b"security.s", b"", XattrSet::Any)
+            .unwrap();
+        assert!(matches!(
+            fs.setxattr(&root(), f, b"user.a", b"x", XattrSet::Create),
+            Err(FsError::Exists)
+        ));
+        assert!(matches!(
+            fs.setxattr(&root(), f, b"user.b", b"x", XattrSet::Replace),
+            Err(FsError::NoAttr)
+        ));
+        fs.setxattr(&root(), f, b"user.a", b"11", XattrSet::Replace)
+            .unwrap();
+        assert_eq!(fs.getxattr(&root(), f, b"user.a").unwrap(), b"11");
+        assert_eq!(fs.getxattr(&root(), f, b"security.s").unwrap(), b"");
+        assert!(matches!(
+            fs.getxattr(&root(), f, b"user.zz"),
+            Err(FsError::NoAttr)
+        ));
+        assert_eq!(
+            sorted(fs.listxattr(&root(), f).unwrap()),
+            ["security.s", "trusted.t", "user.a"]
+        );
+        assert_eq!(
+            sorted(fs.listxattr(&user(5), f).unwrap()),
+            ["security.s", "user.a"]
+        );
+        fs.removexattr(&root(), f, b"user.a").unwrap();
+        assert!(matches!(
+            fs.removexattr(&root(), f, b"user.a"),
+            Err(FsError::NoAttr)
+        ));
+        assert!(matches!(
+            fs.getxattr(&root(), f, b"user.a"),
+            Err(FsError::NoAttr)
+        ));
+        // Unlinking frees them.
+        fs.unlink(&root(), ROOT_INO, b"f").unwrap();
+        assert!(matches!(fs.listxattr(&root(), f), Err(FsError::NotFound)));
+        assert!(
+            fs.engine()
+                .iter(BtreeId::Xattrs, slot_pos(f.0, 0), slot_pos(f.0, u64::MAX))
+                .next()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn names_and_sizes() {
+        let fs = fs();
+        let f = fs
+            .mknod(&root(), ROOT_INO, b"f", S_IFREG | 0o644, 0)
+            .unwrap()
+            .ino;
+        assert!(matches!(
+            fs.setxattr(&root(), f, b"foo.a", b"", XattrSet::Any),
+            Err(FsError::NotSupported)
+        ));
+        assert!(matches!(
+            fs.setxattr(&root(), f, b"system.other", b"", XattrSet::Any),
+            Err(FsError::NotSupported)
+        ));
+        assert!(matches!(
+            fs.getxattr(&root(), f, b"nope"),
+            Err(FsError::NotSupported)
+        ));
+        assert!(matches!(
+            fs.setxattr(&root(), f, b"user.", b"", XattrSet::Any),
+            Err(FsError::Invalid(_))
+        ));
+        assert!(matches!(
+            fs.setxattr(&root(), f, b"", b"", XattrSet::Any),
+            Err(FsError::Range)
+        ));
+        let mut long = b"user.".to_vec();
+        long.resize(256, b'n');
+        assert!(matches!(
+            fs.setxattr(&root(), f, &long, b"", XattrSet::Any),
+            Err(FsError::Range)
+        ));
+        long.truncate(255);
+        fs.setxattr(&root(), f, &long, b"v", XattrSet::Any).unwrap();
+        assert_eq!(fs.getxattr(&root(), f, &long).unwrap(), b"v");
+        let huge = vec![7u8; XATTR_SIZE_MAX + 1];
+        assert!(matches!(
+            fs.setxattr(&root(), f, b"user.h", &huge, XattrSet::Any),
+            Err(FsError::TooBig)
+        ));
+        // The test filesystem has 16 KiB nodes: about 4 KiB per value.
+        let limit = fs.engine.inner.ctx().max_value_bytes();
+        let fits = vec![1u8; limit - XattrValue::encoded_len(1, 0)];
+        fs.setxattr(&root(), f, b"user.h", &fits, XattrSet::Any)
+            .unwrap();
+        assert_eq!(fs.getxattr(&root(), f, b"user.h").unwrap(), fits);
+        let over = vec![1u8; fits.len() + 1];
+        assert!(matches!(
+            fs.setxattr(&root(), f, b"user.h", &over, XattrSet::Any),
+            Err(FsError::TooBig)
+        ));
+        // ACLs: checked encoding, owner only.
+        let acl = [
+            2u32.to_le_bytes().to_vec(),
+            vec![1, 0, 6, 0, 0xff, 0xff, 0xff, 0xff],
+        ]
+        .concat();
+        fs.setxattr(&root(), f, b"system.posix_acl_access", &acl, XattrSet::Any)
+            .unwrap();
+        assert_eq!(
+            fs.getxattr(&user(9), f, b"system.posix_acl_access")
+                .unwrap(),
+            acl
+        );
+        assert!(matches!(
+            fs.setxattr(
+                &root(),
+                f,
+                b"system.posix_acl_access",
+                b"junk",
+                XattrSet::Any
+            ),
+            Err(FsError::Invalid(_))
+        ));
+        assert!(matches!(
+            fs.setxattr(&user(9), f, b"system.posix_acl_access", &acl, XattrSet::Any),
+            Err(FsError::NotPermitted)
+        ));
+        assert!(matches!(
+            fs.setxattr(&root(), f, b"system.posix_acl_default", &acl, XattrSet::Any),
+            Err(FsError::AccessDenied)
+        ));
+    }
+
+    #[test]
+    fn permissions() {
+        let fs = fs();
+        let mine = SetAttr {
+            uid: Some(10),
+            gid: Some(10),
+            ..Default::default()
+        };
+        let f = fs
+            .mknod(&root(), ROOT_INO, b"f", S_IFREG | 0o644, 0)
+            .unwrap()
+            .ino;
+        fs.setattr(&root(), f, &mine).unwrap();
+        fs.setxattr(&root(), f, b"trusted.t", b"1", XattrSet::Any)
+            .unwrap();
+        // trusted: root only.
+        assert!(matches!(
+            fs.setxattr(&user(10), f, b"trusted.u", b"1", XattrSet::Any),
+            Err(FsError::NotPermitted)
+        ));
+        assert!(matches!(
+            fs.getxattr(&user(10), f, b"trusted.t"),
+            Err(FsError::NoAttr)
+        ));
+        assert!(matches!(
+            fs.removexattr(&user(10), f, b"trusted.t"),
+            Err(FsError::NotPermitted)
+        ));
+        // security: root writes, anyone reads.
+        assert!(matches!(
+            fs.setxattr(&user(10), f, b"security.s", b"1", XattrSet::Any),
+            Err(FsError::NotPermitted)
+        ));
+        fs.setxattr(&root(), f, b"security.s", b"1", XattrSet::Any)
+            .unwrap();
+        assert_eq!(fs.getxattr(&user(11), f, b"security.s").unwrap(), b"1");
+        // user: file permissions.
+        fs.setxattr(&user(10), f, b"user.u", b"1", XattrSet::Any)
+            .unwrap();
+        assert!(matches!(
+            fs.setxattr(&user(11), f, b"user.u", b"2", XattrSet::Any),
+            Err(FsError::AccessDenied)
+        ));
+        assert!(matches!(
+            fs.removexattr(&user(11), f, b"user.u"),
+            Err(FsError::AccessDenied)
+        ));
+        assert_eq!(fs.getxattr(&user(11), f, b"user.u").unwrap(), b"1");
+        fs.setattr(
+            &user(10),
+            f,
+            &SetAttr {
+                mode: Some(0o600),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            fs.getxattr(&user(11), f, b"user.u"),
+            Err(FsError::AccessDenied)
+        ));
+        // user: only files and directories.
+        let l = fs.symlink(&root(), ROOT_INO, b"l", b"f").unwrap().ino;
+        assert!(matches!(
+            fs.setxattr(&root(), l, b"user.u", b"1", XattrSet::Any),
+            Err(FsError::NotPermitted)
+        ));
+        assert!(matches!(
+            fs.getxattr(&root(), l, b"user.u"),
+            Err(FsError::NoAttr)
+        ));
+        fs.setxattr(&root(), l, b"trusted.t", b"1", XattrSet::Any)
+            .unwrap();
+        assert_eq!(fs.readlink(l).unwrap(), b"f", "slot 0 untouched");
+        assert_eq!(sorted(fs.listxattr(&root(), l).unwrap()), ["trusted.t"]);
+        let fifo = fs
+            .mknod(&root(), ROOT_INO, b"p", S_IFIFO | 0o666, 0)
+            .unwrap()
+            .ino;
+        assert!(matches!(
+            fs.setxattr(&root(), fifo, b"user.u", b"1", XattrSet::Any),
+            Err(FsError::NotPermitted)
+        ));
+        // Sticky directories: only the owner writes user.*.
+        let d = fs.mkdir(&root(), ROOT_INO, b"d", 0o1777).unwrap().ino;
+        fs.setattr(&root(), d, &mine).unwrap();
+        assert!(matches!(
+            fs.setxattr(&user(11), d, b"user.u", b"1", XattrSet::Any),
+            Err(FsError::NotPermitted)
+        ));
+        fs.setxattr(&user(10), d, b"user.u", b"1", XattrSet::Any)
+            .unwrap();
+        assert_eq!(fs.getxattr(&user(11), d, b"user.u").unwrap(), b"1");
+    }
+
+    #[test]
+    fn many_attributes_and_whiteouts() {
+        let fs = fs();
+        let f = fs
+            .mknod(&root(), ROOT_INO, b"f", S_IFREG | 0o644, 0)
+            .unwrap()
+            .ino;
+        for i in 0..300 {
+            fs.setxattr(
+                &root(),
+                f,
+                format!("user.k{i}").as_bytes(),
+                &[i as u8],
+                XattrSet::Create,
+            )
+            .unwrap();
+        }
+        for i in (0..300).step_by(2) {
+            fs.removexattr(&root(), f, format!("user.k{i}").as_bytes())
+                .unwrap();
+        }
+        for i in 0..300 {
+            let r = fs.getxattr(&root(), f, format!("user.k{i}").as_bytes());
+            if i % 2 == 0 {
+                assert!(matches!(r, Err(FsError::NoAttr)));
+            } else {
+                assert_eq!(r.unwrap(), [i as u8]);
+            }
+        }
+        assert_eq!(fs.listxattr(&root(), f).unwrap().len(), 150);
+    }
+}
