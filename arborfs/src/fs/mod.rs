@@ -14,6 +14,7 @@ pub mod hashtab;
 pub mod inode;
 pub mod inode_format;
 pub mod namei;
+pub mod path;
 pub mod perm;
 pub mod rename;
 pub mod setattr;
@@ -28,7 +29,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::{Mutex, RwLock};
 
 pub use data::{FallocFlags, SeekWhence};
+pub use dirent::DirEntry;
 pub use error::{FsError, FsResult};
+pub use path::{File, ReadDir};
 pub use rename::RenameFlags;
 pub use setattr::{SetAttr, TimeOrNow};
 pub use types::*;
@@ -217,9 +220,13 @@ impl Fs {
         let data_buckets = geo.nbuckets - geo.first_data_bucket;
         let bsize = 4096u64;
         let blocks = data_buckets * bucket_bytes / bsize;
-        let free_buckets =
-            (c[Counter::FreeBuckets as usize].max(0) as u64).saturating_sub(geo.reserved_buckets());
-        let bfree = free_buckets * bucket_bytes / bsize;
+        // Free = capacity less live data and metadata, less the reserve that
+        // keeps deletes and checkpoints working on a full filesystem.
+        let used_bytes = (c[Counter::UserSectors as usize].max(0)
+            + c[Counter::BtreeSectors as usize].max(0)) as u64
+            * crate::SECTOR_BYTES;
+        let reserve = geo.reserved_buckets() * bucket_bytes;
+        let bfree = (data_buckets * bucket_bytes).saturating_sub(used_bytes + reserve) / bsize;
         let files = self.next_ino.load(Ordering::Relaxed);
         StatFs {
             bsize: bsize as u32,
