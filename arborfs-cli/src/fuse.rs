@@ -18,12 +18,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use arborfs::fs::{Attr, Caller, FileKind, Fs, FsError, FsResult, InodeNo, ROOT_INO, S_IFMT, S_IFREG, Timespec};
+use arborfs::fs::{
+    Attr, Caller, FileKind, Fs, FsError, FsResult, InodeNo, ROOT_INO, S_IFMT, S_IFREG, Timespec,
+};
 use fuser::{
-    AccessFlags, Config, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, Session, SessionACL, WriteFlags,
+    AccessFlags, Config, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL,
+    WriteFlags,
 };
 
 use pending::{FallocFlags, RenameFlags, SeekWhence, SetAttr, TimeOrNow, XattrSet};
@@ -50,11 +53,19 @@ const FUSE_ROOT: NodeId = NodeId(1);
 
 fn node_to_ino(node: INodeNo) -> InodeNo {
     let n = NodeId(node.0);
-    if n == FUSE_ROOT { ROOT_INO } else { InodeNo(n.0) }
+    if n == FUSE_ROOT {
+        ROOT_INO
+    } else {
+        InodeNo(n.0)
+    }
 }
 
 fn ino_to_node(ino: InodeNo) -> INodeNo {
-    let n = if ino == ROOT_INO { FUSE_ROOT } else { NodeId(ino.0) };
+    let n = if ino == ROOT_INO {
+        FUSE_ROOT
+    } else {
+        NodeId(ino.0)
+    };
     INodeNo(n.0)
 }
 
@@ -95,8 +106,7 @@ fn errno(e: &FsError) -> Errno {
         FsError::Restart => {
             eprintln!("arborfs: internal error: transaction restart escaped the fs layer");
             libc::EIO
-        }
-        // FIXME(merge): FsError::NoData (fs/data.rs, lseek past the last data/hole) → libc::ENXIO
+        } // FIXME(merge): FsError::NoData (fs/data.rs, lseek past the last data/hole) → libc::ENXIO
     };
     Errno::from_i32(n)
 }
@@ -112,7 +122,11 @@ fn err(n: i32) -> Errno {
 /// /proc/PID/status (only needed for non-root callers).
 fn caller(req: &Request) -> Caller {
     let (uid, gid) = (req.uid(), req.gid());
-    let groups = if uid == 0 || req.pid() == 0 { Vec::new() } else { proc_groups(req.pid()) };
+    let groups = if uid == 0 || req.pid() == 0 {
+        Vec::new()
+    } else {
+        proc_groups(req.pid())
+    };
     Caller { uid, gid, groups }
 }
 
@@ -127,7 +141,11 @@ fn parse_groups(status: &str) -> Vec<u32> {
     status
         .lines()
         .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -147,19 +165,29 @@ fn to_system_time(t: Timespec) -> SystemTime {
     if t.sec >= 0 {
         UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
     } else {
-        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs()) + Duration::from_nanos(u64::from(t.nsec))
+        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs())
+            + Duration::from_nanos(u64::from(t.nsec))
     }
 }
 
 fn to_timespec(t: SystemTime) -> Timespec {
     match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() },
+        Ok(d) => Timespec {
+            sec: d.as_secs() as i64,
+            nsec: d.subsec_nanos(),
+        },
         Err(e) => {
             let d = e.duration();
             if d.subsec_nanos() == 0 {
-                Timespec { sec: -(d.as_secs() as i64), nsec: 0 }
+                Timespec {
+                    sec: -(d.as_secs() as i64),
+                    nsec: 0,
+                }
             } else {
-                Timespec { sec: -(d.as_secs() as i64) - 1, nsec: 1_000_000_000 - d.subsec_nanos() }
+                Timespec {
+                    sec: -(d.as_secs() as i64) - 1,
+                    nsec: 1_000_000_000 - d.subsec_nanos(),
+                }
             }
         }
     }
@@ -277,7 +305,13 @@ mod pending {
         Err(FsError::NotSupported)
     }
 
-    pub fn link(_fs: &Fs, _caller: &Caller, _ino: InodeNo, _new_parent: InodeNo, _new_name: &[u8]) -> FsResult<Attr> {
+    pub fn link(
+        _fs: &Fs,
+        _caller: &Caller,
+        _ino: InodeNo,
+        _new_parent: InodeNo,
+        _new_name: &[u8],
+    ) -> FsResult<Attr> {
         // FIXME(merge): call fs.link
         Err(FsError::NotSupported)
     }
@@ -300,7 +334,14 @@ mod pending {
         Err(FsError::NotSupported)
     }
 
-    pub fn setxattr(_fs: &Fs, _caller: &Caller, _ino: InodeNo, _name: &[u8], _value: &[u8], _how: XattrSet) -> FsResult<()> {
+    pub fn setxattr(
+        _fs: &Fs,
+        _caller: &Caller,
+        _ino: InodeNo,
+        _name: &[u8],
+        _value: &[u8],
+        _how: XattrSet,
+    ) -> FsResult<()> {
         // FIXME(merge): call fs.setxattr
         Err(FsError::NotSupported)
     }
@@ -320,7 +361,13 @@ mod pending {
         Err(FsError::NotSupported)
     }
 
-    pub fn write(_fs: &Fs, _caller: &Caller, _ino: InodeNo, _offset: u64, _data: &[u8]) -> FsResult<usize> {
+    pub fn write(
+        _fs: &Fs,
+        _caller: &Caller,
+        _ino: InodeNo,
+        _offset: u64,
+        _data: &[u8],
+    ) -> FsResult<usize> {
         // FIXME(merge): call fs.write
         Err(FsError::NotSupported)
     }
@@ -330,7 +377,14 @@ mod pending {
         Err(FsError::NotSupported)
     }
 
-    pub fn fallocate(_fs: &Fs, _caller: &Caller, _ino: InodeNo, _offset: u64, _len: u64, _flags: FallocFlags) -> FsResult<()> {
+    pub fn fallocate(
+        _fs: &Fs,
+        _caller: &Caller,
+        _ino: InodeNo,
+        _offset: u64,
+        _len: u64,
+        _flags: FallocFlags,
+    ) -> FsResult<()> {
         // FIXME(merge): call fs.fallocate
         Err(FsError::NotSupported)
     }
@@ -391,7 +445,11 @@ impl Filesystem for ArborFuse {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_entry(reply, self.fs.lookup(&caller(req), node_to_ino(parent), name.as_bytes()));
+        reply_entry(
+            reply,
+            self.fs
+                .lookup(&caller(req), node_to_ino(parent), name.as_bytes()),
+        );
     }
 
     fn forget(&self, _req: &Request, _ino: INodeNo, _nlookup: u64) {
@@ -441,11 +499,22 @@ impl Filesystem for ArborFuse {
             if let Some(size) = size {
                 // ftruncate: the kernel checked write access when the file
                 // was opened, which the mode may no longer grant.
-                let size_caller = if fh.is_some() && !who.is_root() { Caller { uid: 0, ..who.clone() } } else { who.clone() };
+                let size_caller = if fh.is_some() && !who.is_root() {
+                    Caller {
+                        uid: 0,
+                        ..who.clone()
+                    }
+                } else {
+                    who.clone()
+                };
                 attr = Some(pending::set_size(&self.fs, &size_caller, ino, size)?);
             }
             if others || attr.is_none() {
-                attr = Some(if others { pending::setattr(&self.fs, &who, ino, &set)? } else { self.fs.getattr(ino)? });
+                attr = Some(if others {
+                    pending::setattr(&self.fs, &who, ino, &set)?
+                } else {
+                    self.fs.getattr(ino)?
+                });
             }
             Ok(attr.expect("set above"))
         })();
@@ -459,27 +528,74 @@ impl Filesystem for ArborFuse {
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
         let mode = (mode & S_IFMT) | (mode & 0o7777 & !umask);
-        let r = self.fs.mknod(&caller(req), node_to_ino(parent), name.as_bytes(), mode, u64::from(rdev));
+        let r = self.fs.mknod(
+            &caller(req),
+            node_to_ino(parent),
+            name.as_bytes(),
+            mode,
+            u64::from(rdev),
+        );
         reply_entry(reply, r);
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
         let mode = mode & 0o7777 & !umask;
-        reply_entry(reply, self.fs.mkdir(&caller(req), node_to_ino(parent), name.as_bytes(), mode));
+        reply_entry(
+            reply,
+            self.fs
+                .mkdir(&caller(req), node_to_ino(parent), name.as_bytes(), mode),
+        );
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.fs.unlink(&caller(req), node_to_ino(parent), name.as_bytes()));
+        reply_empty(
+            reply,
+            self.fs
+                .unlink(&caller(req), node_to_ino(parent), name.as_bytes()),
+        );
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.fs.rmdir(&caller(req), node_to_ino(parent), name.as_bytes()));
+        reply_empty(
+            reply,
+            self.fs
+                .rmdir(&caller(req), node_to_ino(parent), name.as_bytes()),
+        );
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let r = self.fs.symlink(&caller(req), node_to_ino(parent), link_name.as_bytes(), target.as_os_str().as_bytes());
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let r = self.fs.symlink(
+            &caller(req),
+            node_to_ino(parent),
+            link_name.as_bytes(),
+            target.as_os_str().as_bytes(),
+        );
         reply_entry(reply, r);
     }
 
@@ -519,9 +635,22 @@ impl Filesystem for ArborFuse {
         reply_empty(reply, r);
     }
 
-    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         // Every link of an inode is the same node; the reply carries the new nlink.
-        let r = pending::link(&self.fs, &caller(req), node_to_ino(ino), node_to_ino(newparent), newname.as_bytes());
+        let r = pending::link(
+            &self.fs,
+            &caller(req),
+            node_to_ino(ino),
+            node_to_ino(newparent),
+            newname.as_bytes(),
+        );
         reply_entry(reply, r);
     }
 
@@ -569,7 +698,14 @@ impl Filesystem for ArborFuse {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         // Writes go straight to the filesystem; nothing is buffered per handle.
         reply.ok();
     }
@@ -587,21 +723,42 @@ impl Filesystem for ArborFuse {
         reply_empty(reply, self.fs.release(node_to_ino(ino)));
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         reply_empty(reply, pending::fsync(&self.fs, node_to_ino(ino), datasync));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.getattr(node_to_ino(ino)) {
-            Ok(a) if a.kind == FileKind::Directory => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Ok(a) if a.kind == FileKind::Directory => {
+                reply.opened(FileHandle(0), FopenFlags::empty())
+            }
             Ok(_) => reply.error(err(libc::ENOTDIR)),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let r = self.fs.readdir(node_to_ino(ino), offset, |e| {
-            let full = reply.add(ino_to_node(e.ino), e.next_cookie, file_type(e.kind), OsStr::from_bytes(&e.name));
+            let full = reply.add(
+                ino_to_node(e.ino),
+                e.next_cookie,
+                file_type(e.kind),
+                OsStr::from_bytes(&e.name),
+            );
             !full
         });
         match r {
@@ -610,7 +767,14 @@ impl Filesystem for ArborFuse {
         }
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         let r = self.fs.readdir(node_to_ino(ino), offset, |e| {
             // An entry removed since the listing started is skipped.
             let Ok(a) = self.fs.getattr(e.ino) else {
@@ -632,17 +796,33 @@ impl Filesystem for ArborFuse {
         }
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         reply_empty(reply, self.fs.sync());
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let s = self.fs.statfs();
-        reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize);
+        reply.statfs(
+            s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
+        );
     }
 
     fn setxattr(
@@ -668,7 +848,14 @@ impl Filesystem for ArborFuse {
                 return;
             }
         };
-        let r = pending::setxattr(&self.fs, &caller(req), node_to_ino(ino), name.as_bytes(), value, how);
+        let r = pending::setxattr(
+            &self.fs,
+            &caller(req),
+            node_to_ino(ino),
+            name.as_bytes(),
+            value,
+            how,
+        );
         reply_empty(reply, r);
     }
 
@@ -694,33 +881,70 @@ impl Filesystem for ArborFuse {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, pending::removexattr(&self.fs, &caller(req), node_to_ino(ino), name.as_bytes()));
+        reply_empty(
+            reply,
+            pending::removexattr(&self.fs, &caller(req), node_to_ino(ino), name.as_bytes()),
+        );
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let m = mask.bits() as u32 & 7;
-        reply_empty(reply, pending::access(&self.fs, &caller(req), node_to_ino(ino), m));
+        reply_empty(
+            reply,
+            pending::access(&self.fs, &caller(req), node_to_ino(ino), m),
+        );
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
         let who = caller(req);
         let parent = node_to_ino(parent);
-        let kind = if mode & S_IFMT == 0 { S_IFREG } else { mode & S_IFMT };
+        let kind = if mode & S_IFMT == 0 {
+            S_IFREG
+        } else {
+            mode & S_IFMT
+        };
         let mode = kind | (mode & 0o7777 & !umask);
         let r = match self.fs.mknod(&who, parent, name.as_bytes(), mode, 0) {
             // Someone else created it since the kernel's lookup: open theirs.
-            Err(FsError::Exists) if flags & libc::O_EXCL == 0 => self.fs.lookup(&who, parent, name.as_bytes()),
+            Err(FsError::Exists) if flags & libc::O_EXCL == 0 => {
+                self.fs.lookup(&who, parent, name.as_bytes())
+            }
             r => r,
         };
         let r = r.and_then(|a| self.fs.open_inode(a.ino));
         match r {
-            Ok(a) => reply.created(&TTL, &file_attr(&a), Generation(a.generation), FileHandle(a.ino.0), FopenFlags::empty()),
+            Ok(a) => reply.created(
+                &TTL,
+                &file_attr(&a),
+                Generation(a.generation),
+                FileHandle(a.ino.0),
+                FopenFlags::empty(),
+            ),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
-    fn fallocate(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
-        let known = libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+    fn fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let known =
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
         if mode & !known != 0 {
             reply.error(err(libc::EOPNOTSUPP));
             return;
@@ -730,10 +954,28 @@ impl Filesystem for ArborFuse {
             punch_hole: mode & libc::FALLOC_FL_PUNCH_HOLE != 0,
             zero_range: mode & libc::FALLOC_FL_ZERO_RANGE != 0,
         };
-        reply_empty(reply, pending::fallocate(&self.fs, &caller(req), node_to_ino(ino), offset, length, flags));
+        reply_empty(
+            reply,
+            pending::fallocate(
+                &self.fs,
+                &caller(req),
+                node_to_ino(ino),
+                offset,
+                length,
+                flags,
+            ),
+        );
     }
 
-    fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
         let whence = match whence {
             libc::SEEK_DATA => SeekWhence::Data,
             libc::SEEK_HOLE => SeekWhence::Hole,
@@ -772,7 +1014,15 @@ impl Filesystem for ArborFuse {
         }
         // A reply counts at most u32::MAX bytes; the caller loops for more.
         let len = len.min(u64::from(u32::MAX) & !4095);
-        let r = pending::copy_file_range(&self.fs, &caller(req), node_to_ino(ino_in), offset_in, node_to_ino(ino_out), offset_out, len);
+        let r = pending::copy_file_range(
+            &self.fs,
+            &caller(req),
+            node_to_ino(ino_in),
+            offset_in,
+            node_to_ino(ino_out),
+            offset_out,
+            len,
+        );
         match r {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
@@ -802,7 +1052,11 @@ pub struct MountOpts {
 /// kernel knows as flags (nodev, nosuid, noexec, ro, noatime) are applied.
 pub fn parse_mount_opts(list: &str) -> Result<MountOpts> {
     // Like fusermount: nodev and nosuid unless asked otherwise.
-    let mut o = MountOpts { nodev: true, nosuid: true, ..Default::default() };
+    let mut o = MountOpts {
+        nodev: true,
+        nosuid: true,
+        ..Default::default()
+    };
     for opt in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         match opt {
             "ro" => o.read_only = true,
@@ -817,11 +1071,22 @@ pub fn parse_mount_opts(list: &str) -> Result<MountOpts> {
             "nosuid" => o.nosuid = true,
             "exec" => o.noexec = false,
             "noexec" => o.noexec = true,
-            "default_permissions" | "auto" | "noauto" | "user" | "nouser" | "users" | "defaults" | "_netdev"
-            | "nofail" | "async" => {}
+            "default_permissions"
+            | "auto"
+            | "noauto"
+            | "user"
+            | "nouser"
+            | "users"
+            | "defaults"
+            | "_netdev"
+            | "nofail"
+            | "async" => {}
             _ if opt.starts_with("size=") => o.size = Some(opt["size=".len()..].to_string()),
             // mount(8) and fstab pass these along; they mean nothing here.
-            _ if opt.starts_with("x-") || opt.starts_with("comment=") || opt.starts_with("fsname=") || opt.starts_with("subtype=") => {}
+            _ if opt.starts_with("x-")
+                || opt.starts_with("comment=")
+                || opt.starts_with("fsname=")
+                || opt.starts_with("subtype=") => {}
             _ => bail!("unknown mount option {opt:?}"),
         }
     }
@@ -841,7 +1106,9 @@ impl Mounted {
 }
 
 fn dispatch_threads() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8)
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 8)
 }
 
 /// Mounts `fs` on `mountpoint` as type `fuse.arborfs` with source `image`.
@@ -880,9 +1147,17 @@ pub fn mount(fs: Arc<Fs>, image: &Path, mountpoint: &Path, o: &MountOpts) -> Res
             }
         }
         config.mount_options = opts;
-        config.acl = if o.allow_other { SessionACL::All } else { SessionACL::Owner };
-        let session = Session::new(adapter, mountpoint, &config)
-            .with_context(|| format!("cannot mount on {} (through fusermount3)", mountpoint.display()))?;
+        config.acl = if o.allow_other {
+            SessionACL::All
+        } else {
+            SessionACL::Owner
+        };
+        let session = Session::new(adapter, mountpoint, &config).with_context(|| {
+            format!(
+                "cannot mount on {} (through fusermount3)",
+                mountpoint.display()
+            )
+        })?;
         Ok(Mounted { session })
     }
 }
@@ -925,7 +1200,13 @@ fn mount_direct(image: &Path, mountpoint: &Path, o: &MountOpts) -> Result<OwnedF
     let data = CString::new(data).expect("no NUL");
     // SAFETY: every pointer is a live NUL-terminated string owned above.
     let r = unsafe {
-        libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data.as_ptr().cast())
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
     };
     if r != 0 {
         let e = std::io::Error::last_os_error();
@@ -953,7 +1234,15 @@ pub fn remount(mountpoint: &Path, o: &MountOpts) -> Result<()> {
     }
     // SAFETY: `target` is a live NUL-terminated string; the others are null,
     // which a remount allows.
-    let r = unsafe { libc::mount(std::ptr::null(), target.as_ptr(), std::ptr::null(), flags, std::ptr::null()) };
+    let r = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            target.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        )
+    };
     if r != 0 {
         let e = std::io::Error::last_os_error();
         bail!("remount of {} failed: {e}", mountpoint.display());
@@ -994,7 +1283,10 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> std::result::Result<(), Unmount
         let e = std::io::Error::last_os_error();
         return match e.raw_os_error() {
             Some(libc::EBUSY) => Err(UnmountError::Busy),
-            _ => Err(UnmountError::Other(anyhow::anyhow!("cannot unmount {}: {e}", mountpoint.display()))),
+            _ => Err(UnmountError::Other(anyhow::anyhow!(
+                "cannot unmount {}: {e}",
+                mountpoint.display()
+            ))),
         };
     }
     let mut cmd = std::process::Command::new("fusermount3");
@@ -1014,13 +1306,18 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> std::result::Result<(), Unmount
     if msg.contains("busy") {
         Err(UnmountError::Busy)
     } else {
-        Err(UnmountError::Other(anyhow::anyhow!("fusermount3 -u {}: {msg}", mountpoint.display())))
+        Err(UnmountError::Other(anyhow::anyhow!(
+            "fusermount3 -u {}: {msg}",
+            mountpoint.display()
+        )))
     }
 }
 
 /// The canonical form of a mount point path, as /proc/self/mountinfo shows it.
 pub fn canonical_mountpoint(p: &Path) -> Result<PathBuf> {
-    let c = p.canonicalize().with_context(|| format!("mount point {}", p.display()))?;
+    let c = p
+        .canonicalize()
+        .with_context(|| format!("mount point {}", p.display()))?;
     if !c.is_dir() {
         bail!("mount point {} is not a directory", p.display());
     }
@@ -1044,9 +1341,15 @@ mod tests {
     fn times_round_trip() {
         for t in [
             Timespec { sec: 0, nsec: 0 },
-            Timespec { sec: 1_700_000_000, nsec: 123_456_789 },
+            Timespec {
+                sec: 1_700_000_000,
+                nsec: 123_456_789,
+            },
             Timespec { sec: -1, nsec: 500 },
-            Timespec { sec: -86_400, nsec: 0 },
+            Timespec {
+                sec: -86_400,
+                nsec: 0,
+            },
         ] {
             assert_eq!(to_timespec(to_system_time(t)), t);
         }

@@ -282,7 +282,8 @@ fn format(
         ..Default::default()
     };
     // The filesystem layer's format also creates the root directory.
-    let sb = Fs::format(dev, &opts).with_context(|| format!("cannot format {}", image.display()))?;
+    let sb =
+        Fs::format(dev, &opts).with_context(|| format!("cannot format {}", image.display()))?;
     println!(
         "formatted {}: {} bytes, {} buckets of {} bytes, uuid {}",
         image.display(),

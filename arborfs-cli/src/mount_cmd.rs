@@ -42,7 +42,10 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -73,7 +76,10 @@ fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
 /// The topmost mount on `mountpoint`, if any.
 pub fn find_mount(mountpoint: &Path) -> Option<MountEntry> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    parse_mountinfo(&text).into_iter().rev().find(|e| e.mountpoint == mountpoint)
+    parse_mountinfo(&text)
+        .into_iter()
+        .rev()
+        .find(|e| e.mountpoint == mountpoint)
 }
 
 fn is_arborfs_mount(mountpoint: &Path) -> bool {
@@ -134,7 +140,10 @@ fn daemonize(image: &Path, mnt: &Path, o: &MountOpts) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !is_arborfs_mount(mnt) {
             if Instant::now() > deadline {
-                bail!("the daemon reported success but {} is not in /proc/self/mountinfo", mnt.display());
+                bail!(
+                    "the daemon reported success but {} is not in /proc/self/mountinfo",
+                    mnt.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -169,7 +178,10 @@ impl Notify {
 /// Opens (formatting if new or empty) and locks the image, mounts it and
 /// serves until unmounted; then closes the filesystem cleanly.
 fn run_daemon(image: &Path, mnt: &Path, o: &MountOpts, notify: Option<OwnedFd>) -> Result<()> {
-    let mut notify = Notify { daemon: notify.is_some(), fd: notify };
+    let mut notify = Notify {
+        daemon: notify.is_some(),
+        fd: notify,
+    };
     match serve(image, mnt, o, &mut notify) {
         Ok(()) => Ok(()),
         Err(e) => {
@@ -186,16 +198,21 @@ fn serve(image: &Path, mnt: &Path, o: &MountOpts, notify: &mut Notify) -> Result
 
     let was_new = std::fs::metadata(image).map_or(true, |m| m.is_file() && m.len() == 0);
     if was_new && o.read_only {
-        bail!("{} is empty or missing; a read-only mount cannot format it", image.display());
+        bail!(
+            "{} is empty or missing; a read-only mount cannot format it",
+            image.display()
+        );
     }
     let dev = if was_new {
         let size = match &o.size {
             Some(s) => crate::parse_size(s)?,
             None => DEFAULT_IMAGE_SIZE,
         };
-        FileDevice::create(image, size).with_context(|| format!("cannot create {}", image.display()))?
+        FileDevice::create(image, size)
+            .with_context(|| format!("cannot create {}", image.display()))?
     } else {
-        FileDevice::open(image, !o.read_only).with_context(|| format!("cannot open {}", image.display()))?
+        FileDevice::open(image, !o.read_only)
+            .with_context(|| format!("cannot open {}", image.display()))?
     };
     let dev = Arc::new(dev);
     lock_image(&dev, image)?;
@@ -206,7 +223,13 @@ fn serve(image: &Path, mnt: &Path, o: &MountOpts, notify: &mut Notify) -> Result
     let image_abs = image.canonicalize().unwrap_or_else(|_| image.to_path_buf());
     let fs = Fs::open(
         dev.clone(),
-        FsOptions { engine: EngineOptions { read_only: o.read_only, ..Default::default() }, noatime: o.noatime },
+        FsOptions {
+            engine: EngineOptions {
+                read_only: o.read_only,
+                ..Default::default()
+            },
+            noatime: o.noatime,
+        },
     )
     .with_context(|| format!("cannot open the filesystem on {}", image.display()))?;
     let fs = Arc::new(fs);
@@ -232,9 +255,12 @@ fn serve(image: &Path, mnt: &Path, o: &MountOpts, notify: &mut Notify) -> Result
 
 fn close_fs(fs: Arc<Fs>) -> Result<()> {
     let Some(fs) = Arc::into_inner(fs) else {
-        bail!("internal error: the filesystem is still in use after the session ended; not closing it");
+        bail!(
+            "internal error: the filesystem is still in use after the session ended; not closing it"
+        );
     };
-    fs.close().context("closing the filesystem failed; the next mount replays the journal")
+    fs.close()
+        .context("closing the filesystem failed; the next mount replays the journal")
 }
 
 /// Takes the image's exclusive lock, waiting (up to LOCK_WAIT) for a
@@ -242,7 +268,10 @@ fn close_fs(fs: Arc<Fs>) -> Result<()> {
 fn lock_image(dev: &FileDevice, image: &Path) -> Result<()> {
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
-        if dev.try_lock_exclusive().with_context(|| format!("cannot lock {}", image.display()))? {
+        if dev
+            .try_lock_exclusive()
+            .with_context(|| format!("cannot lock {}", image.display()))?
+        {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -257,7 +286,11 @@ fn lock_image(dev: &FileDevice, image: &Path) -> Result<()> {
 }
 
 fn detach_stdio() {
-    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
         for fd in 0..3 {
             // SAFETY: dup2 onto the standard descriptors, which this process owns.
             unsafe { libc::dup2(null.as_raw_fd(), fd) };
@@ -332,17 +365,23 @@ pub fn cmd_umount(mountpoint: &Path) -> Result<()> {
         Err(e) => bail!("{e}"),
     }
     wait_for_daemon(&image, UMOUNT_WAIT)?;
-    let dev = FileDevice::open(&image, false).with_context(|| format!("cannot open {}", image.display()))?;
-    let (sb, _) = Superblock::read(&dev).with_context(|| format!("cannot read the superblock of {}", image.display()))?;
+    let dev = FileDevice::open(&image, false)
+        .with_context(|| format!("cannot open {}", image.display()))?;
+    let (sb, _) = Superblock::read(&dev)
+        .with_context(|| format!("cannot read the superblock of {}", image.display()))?;
     if sb.clean.is_none() {
-        bail!("{} was unmounted but the image is not clean (the daemon failed to close it)", image.display());
+        bail!(
+            "{} was unmounted but the image is not clean (the daemon failed to close it)",
+            image.display()
+        );
     }
     Ok(())
 }
 
 /// Waits until nothing holds the image's lock: the daemon has closed it.
 pub fn wait_for_daemon(image: &Path, timeout: Duration) -> Result<()> {
-    let dev = FileDevice::open(image, false).with_context(|| format!("cannot open {}", image.display()))?;
+    let dev = FileDevice::open(image, false)
+        .with_context(|| format!("cannot open {}", image.display()))?;
     let deadline = Instant::now() + timeout;
     loop {
         if dev.try_lock_exclusive()? {
@@ -371,11 +410,20 @@ struct Usage {
 }
 
 fn usage_of_image(image: &Path) -> Result<Usage> {
-    let dev: Arc<dyn Device> =
-        Arc::new(FileDevice::open(image, false).with_context(|| format!("cannot open {}", image.display()))?);
+    let dev: Arc<dyn Device> = Arc::new(
+        FileDevice::open(image, false)
+            .with_context(|| format!("cannot open {}", image.display()))?,
+    );
     let fs = Fs::open(
         dev,
-        FsOptions { engine: EngineOptions { read_only: true, background: false, ..Default::default() }, ..Default::default() },
+        FsOptions {
+            engine: EngineOptions {
+                read_only: true,
+                background: false,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
     )
     .with_context(|| format!("cannot open the filesystem on {}", image.display()))?;
     let s = fs.statfs();
@@ -391,7 +439,8 @@ fn usage_of_image(image: &Path) -> Result<Usage> {
 }
 
 fn usage_of_mount(mnt: &Path) -> Result<Usage> {
-    let entry = find_mount(mnt).with_context(|| format!("{} is a directory but not a mount point", mnt.display()))?;
+    let entry = find_mount(mnt)
+        .with_context(|| format!("{} is a directory but not a mount point", mnt.display()))?;
     if entry.fstype != format!("fuse.{}", fuse::SUBTYPE) {
         bail!("{} is a {} mount, not ArborFS", mnt.display(), entry.fstype);
     }
@@ -399,10 +448,15 @@ fn usage_of_mount(mnt: &Path) -> Result<Usage> {
     // SAFETY: statvfs is plain data, filled by the call; `c` is live.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("statfs {}", mnt.display()));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statfs {}", mnt.display()));
     }
     let frsize = st.f_frsize as u64;
-    let mut u = Usage { capacity: st.f_blocks as u64 * frsize, free: st.f_bavail as u64 * frsize, ..Default::default() };
+    let mut u = Usage {
+        capacity: st.f_blocks as u64 * frsize,
+        free: st.f_bavail as u64 * frsize,
+        ..Default::default()
+    };
     // The split into data and metadata comes from the image, read without
     // writing; while mounted it may lag the daemon's last commits.
     if let Ok(from_image) = usage_of_image(Path::new(&entry.source)) {
@@ -420,12 +474,17 @@ fn human(n: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[i]) }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
 }
 
 /// `arborfs usage IMAGE|MOUNTPOINT [--json]`.
 pub fn cmd_usage(path: &Path, as_json: bool) -> Result<()> {
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
     let (u, source) = if meta.is_dir() {
         (usage_of_mount(&path.canonicalize()?)?, "mount")
     } else {
@@ -445,9 +504,17 @@ pub fn cmd_usage(path: &Path, as_json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    let opt = |x: Option<u64>| x.map_or("unknown".to_string(), |b| format!("{} ({b} bytes)", human(b)));
+    let opt = |x: Option<u64>| {
+        x.map_or("unknown".to_string(), |b| {
+            format!("{} ({b} bytes)", human(b))
+        })
+    };
     println!("ArborFS usage of {}", path.display());
-    println!("  capacity:          {} ({} bytes)", human(u.capacity), u.capacity);
+    println!(
+        "  capacity:          {} ({} bytes)",
+        human(u.capacity),
+        u.capacity
+    );
     println!("  used:              {} ({used} bytes)", human(used));
     println!("    data:            {}", opt(u.data));
     println!("    metadata:        {}", opt(u.metadata));

@@ -22,8 +22,14 @@ const WAIT: Duration = Duration::from_secs(30);
 fn fuse_usable() -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let ok = fs::OpenOptions::new().read(true).write(true).open("/dev/fuse").is_ok()
-        && (root || Path::new("/usr/bin/fusermount3").exists() || Path::new("/bin/fusermount3").exists());
+    let ok = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok()
+        && (root
+            || Path::new("/usr/bin/fusermount3").exists()
+            || Path::new("/bin/fusermount3").exists());
     if !ok {
         eprintln!("skipping: /dev/fuse is not usable here");
     }
@@ -59,7 +65,11 @@ fn run_timeout(cmd: &mut Command, timeout: Duration) -> Out {
         let _ = child.wait();
         panic!("{cmd:?} did not finish within {timeout:?}");
     });
-    Out { status, stdout: fs::read_to_string(o).unwrap(), stderr: fs::read_to_string(e).unwrap() }
+    Out {
+        status,
+        stdout: fs::read_to_string(o).unwrap(),
+        stderr: fs::read_to_string(e).unwrap(),
+    }
 }
 
 fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
@@ -82,7 +92,10 @@ fn arborfs(args: &[&str]) -> Out {
 fn mount_entry(mnt: &Path) -> Option<String> {
     let text = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let m = mnt.to_str().unwrap();
-    text.lines().rev().find(|l| l.split(' ').nth(4) == Some(m)).map(str::to_string)
+    text.lines()
+        .rev()
+        .find(|l| l.split(' ').nth(4) == Some(m))
+        .map(str::to_string)
 }
 
 fn is_mounted(mnt: &Path) -> bool {
@@ -95,14 +108,18 @@ fn pids_with_arg(arg: &Path) -> Vec<i32> {
     let mut v = Vec::new();
     let me = std::process::id() as i32;
     for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
         if pid == me {
             continue;
         }
-        if let Ok(cmd) = fs::read(e.path().join("cmdline")) {
-            if cmd.split(|&b| b == 0).any(|a| a == arg.as_os_str().as_bytes()) {
-                v.push(pid);
-            }
+        if let Ok(cmd) = fs::read(e.path().join("cmdline"))
+            && cmd
+                .split(|&b| b == 0)
+                .any(|a| a == arg.as_os_str().as_bytes())
+        {
+            v.push(pid);
         }
     }
     v
@@ -113,7 +130,11 @@ fn kill_daemons(mnt: &Path) {
         // SAFETY: sending a signal has no memory-safety preconditions.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
-    let _ = Command::new("umount").arg("-l").arg(mnt).stderr(Stdio::null()).status();
+    let _ = Command::new("umount")
+        .arg("-l")
+        .arg(mnt)
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// One image and mount point in a temporary directory; unmounts (and, if
@@ -138,11 +159,20 @@ impl Fixture {
         let m = mnt.clone();
         std::thread::spawn(move || {
             if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(TEST_DEADLINE) {
-                eprintln!("watchdog: test ran over {TEST_DEADLINE:?}; killing the daemon of {}", m.display());
+                eprintln!(
+                    "watchdog: test ran over {TEST_DEADLINE:?}; killing the daemon of {}",
+                    m.display()
+                );
                 kill_daemons(&m);
             }
         });
-        Fixture { _dir: dir, image, mnt, child: None, watchdog: Some(tx) }
+        Fixture {
+            _dir: dir,
+            image,
+            mnt,
+            child: None,
+            watchdog: Some(tx),
+        }
     }
 
     fn image(&self) -> &str {
@@ -189,7 +219,11 @@ impl Fixture {
     /// `arborfs umount`, then the foreground daemon (if any) must exit 0.
     fn umount(&mut self) {
         let out = arborfs(&["umount", self.mnt()]);
-        assert!(out.status.success(), "arborfs umount failed: {}", out.stderr);
+        assert!(
+            out.status.success(),
+            "arborfs umount failed: {}",
+            out.stderr
+        );
         assert!(!is_mounted(&self.mnt));
         self.reap_child();
     }
@@ -209,20 +243,27 @@ impl Fixture {
         let out = arborfs(&["show-super", "--json", self.image()]);
         assert!(out.status.success(), "{}", out.stderr);
         let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        assert_eq!(v["clean"], serde_json::Value::Bool(true), "image not clean after unmount");
+        assert_eq!(
+            v["clean"],
+            serde_json::Value::Bool(true),
+            "image not clean after unmount"
+        );
     }
 }
 
 impl Drop for Fixture {
     fn drop(&mut self) {
         if is_mounted(&self.mnt) {
-            let _ = run_timeout(Command::new("umount").arg(&self.mnt), Duration::from_secs(10));
+            let _ = run_timeout(
+                Command::new("umount").arg(&self.mnt),
+                Duration::from_secs(10),
+            );
         }
-        if let Some(mut c) = self.child.take() {
-            if wait_child(&mut c, Duration::from_secs(10)).is_none() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+        if let Some(mut c) = self.child.take()
+            && wait_child(&mut c, Duration::from_secs(10)).is_none()
+        {
+            let _ = c.kill();
+            let _ = c.wait();
         }
         if is_mounted(&self.mnt) || !pids_with_arg(&self.mnt).is_empty() {
             kill_daemons(&self.mnt);
@@ -232,7 +273,10 @@ impl Drop for Fixture {
 }
 
 fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     v.sort();
     v
 }
@@ -240,7 +284,12 @@ fn names(dir: &Path) -> Vec<String> {
 fn mkfifo(p: &Path) {
     let c = CString::new(p.as_os_str().as_bytes()).unwrap();
     // SAFETY: `c` is a live NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o640) }, 0, "{}", std::io::Error::last_os_error());
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o640) },
+        0,
+        "{}",
+        std::io::Error::last_os_error()
+    );
 }
 
 fn statvfs(p: &Path) -> libc::statvfs {
@@ -271,7 +320,12 @@ fn snapshot(root: &Path) -> Vec<String> {
             } else {
                 format!("file size {}", m.len())
             };
-            out.push(format!("{rel} {what} mode {:o} nlink {} ino {}", m.mode(), m.nlink(), m.ino()));
+            out.push(format!(
+                "{rel} {what} mode {:o} nlink {} ino {}",
+                m.mode(),
+                m.nlink(),
+                m.ino()
+            ));
         }
     }
     out.sort();
@@ -284,7 +338,13 @@ fn namespace_operations_survive_a_remount() {
     let mut f = Fixture::new();
     f.mount_fg("size=128M");
     let entry = mount_entry(&f.mnt).unwrap();
-    assert!(entry.contains(&format!(" - fuse.arborfs {} ", f.image.canonicalize().unwrap().display())), "{entry}");
+    assert!(
+        entry.contains(&format!(
+            " - fuse.arborfs {} ",
+            f.image.canonicalize().unwrap().display()
+        )),
+        "{entry}"
+    );
 
     fs::create_dir(f.p("d")).unwrap();
     fs::create_dir(f.p("d/sub")).unwrap();
@@ -299,21 +359,44 @@ fn namespace_operations_survive_a_remount() {
     assert_eq!(names(&f.p("d")), ["fifo", "file", "link", "sub"]);
     assert_eq!(names(&f.p("d/sub")).len(), 200);
     assert_eq!(fs::read_link(f.p("d/link")).unwrap(), Path::new("file"));
-    assert!(fs::symlink_metadata(f.p("d/fifo")).unwrap().file_type().is_fifo());
+    assert!(
+        fs::symlink_metadata(f.p("d/fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
     let d = fs::metadata(f.p("d")).unwrap();
     assert!(d.is_dir());
     assert_eq!(d.nlink(), 3);
-    assert_eq!(fs::metadata(f.p("d/file")).unwrap().permissions().mode() & 0o777, 0o644);
+    assert_eq!(
+        fs::metadata(f.p("d/file")).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
     assert_eq!(fs::metadata(f.p("d/file")).unwrap().len(), 0);
     assert_eq!(fs::metadata(&f.mnt).unwrap().nlink(), 3);
 
     // Errors come back as the right errno.
-    assert_eq!(fs::create_dir(f.p("d")).unwrap_err().kind(), std::io::ErrorKind::AlreadyExists);
-    assert_eq!(fs::remove_dir(f.p("d")).unwrap_err().raw_os_error(), Some(libc::ENOTEMPTY));
-    assert_eq!(fs::remove_file(f.p("d/sub")).unwrap_err().raw_os_error(), Some(libc::EISDIR));
-    assert_eq!(fs::metadata(f.p("nope")).unwrap_err().raw_os_error(), Some(libc::ENOENT));
+    assert_eq!(
+        fs::create_dir(f.p("d")).unwrap_err().kind(),
+        std::io::ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        fs::remove_dir(f.p("d")).unwrap_err().raw_os_error(),
+        Some(libc::ENOTEMPTY)
+    );
+    assert_eq!(
+        fs::remove_file(f.p("d/sub")).unwrap_err().raw_os_error(),
+        Some(libc::EISDIR)
+    );
+    assert_eq!(
+        fs::metadata(f.p("nope")).unwrap_err().raw_os_error(),
+        Some(libc::ENOENT)
+    );
     let long = "x".repeat(256);
-    assert_eq!(fs::create_dir(f.p(&long)).unwrap_err().raw_os_error(), Some(libc::ENAMETOOLONG));
+    assert_eq!(
+        fs::create_dir(f.p(&long)).unwrap_err().raw_os_error(),
+        Some(libc::ENAMETOOLONG)
+    );
 
     for i in (0..200).step_by(2) {
         fs::remove_file(f.p(&format!("d/sub/n{i:03}"))).unwrap();
@@ -321,7 +404,12 @@ fn namespace_operations_survive_a_remount() {
     assert_eq!(names(&f.p("d/sub")).len(), 100);
 
     let st = statvfs(&f.mnt);
-    assert!(st.f_blocks > 0 && st.f_bfree > 0 && st.f_bfree <= st.f_blocks, "statfs: {} {}", st.f_blocks, st.f_bfree);
+    assert!(
+        st.f_blocks > 0 && st.f_bfree > 0 && st.f_bfree <= st.f_blocks,
+        "statfs: {} {}",
+        st.f_blocks,
+        st.f_bfree
+    );
     assert_eq!(st.f_namemax, 255);
 
     let usage = arborfs(&["usage", "--json", f.mnt()]);
@@ -401,7 +489,10 @@ fn read_only_remount_refuses_writes() {
     fs::create_dir(f.p("before")).unwrap();
     let out = arborfs(&["mount", "-o", "remount,ro", f.image(), f.mnt()]);
     assert!(out.status.success(), "remount: {}", out.stderr);
-    assert_eq!(fs::create_dir(f.p("after")).unwrap_err().raw_os_error(), Some(libc::EROFS));
+    assert_eq!(
+        fs::create_dir(f.p("after")).unwrap_err().raw_os_error(),
+        Some(libc::EROFS)
+    );
     assert!(f.p("before").is_dir());
     f.umount();
     f.assert_clean();
@@ -409,7 +500,10 @@ fn read_only_remount_refuses_writes() {
     // A read-only mount from the start.
     f.mount_fg("ro");
     assert!(f.p("before").is_dir());
-    assert_eq!(fs::create_dir(f.p("after")).unwrap_err().raw_os_error(), Some(libc::EROFS));
+    assert_eq!(
+        fs::create_dir(f.p("after")).unwrap_err().raw_os_error(),
+        Some(libc::EROFS)
+    );
     f.umount();
     f.assert_clean();
 }
@@ -429,13 +523,25 @@ fn garbage_image_fails_with_a_clear_message() {
     fs::write(&f.image, &junk).unwrap();
     let out = f.mount_daemon("");
     assert!(!out.status.success());
-    assert!(out.stderr.contains("cannot open the filesystem"), "unclear error: {}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot open the filesystem"),
+        "unclear error: {}",
+        out.stderr
+    );
     assert!(!is_mounted(&f.mnt));
     // In the foreground too.
     let out = arborfs(&["mount", "-f", f.image(), f.mnt()]);
     assert!(!out.status.success());
-    assert!(out.stderr.contains("cannot open the filesystem"), "unclear error: {}", out.stderr);
-    assert_eq!(fs::read(&f.image).unwrap(), junk, "a failed mount changed the image");
+    assert!(
+        out.stderr.contains("cannot open the filesystem"),
+        "unclear error: {}",
+        out.stderr
+    );
+    assert_eq!(
+        fs::read(&f.image).unwrap(),
+        junk,
+        "a failed mount changed the image"
+    );
 }
 
 #[test]
@@ -449,7 +555,11 @@ fn truncated_image_fails_with_a_clear_message() {
     drop(file);
     let out = f.mount_daemon("");
     assert!(!out.status.success());
-    assert!(out.stderr.contains("cannot open the filesystem"), "unclear error: {}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot open the filesystem"),
+        "unclear error: {}",
+        out.stderr
+    );
     assert!(!is_mounted(&f.mnt));
 }
 
@@ -480,13 +590,18 @@ fn files_links_xattrs_and_renames_survive_a_remount() {
     let mut f = Fixture::new();
     f.mount_fg("size=128M");
 
-    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 4096) as u8).collect();
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i * 7 + i / 4096) as u8)
+        .collect();
     fs::write(f.p("big"), &data).unwrap();
     assert_eq!(fs::read(f.p("big")).unwrap(), data);
     fs::write(f.p("small"), b"hello").unwrap();
 
     fs::hard_link(f.p("small"), f.p("small2")).unwrap();
-    let (a, b) = (fs::metadata(f.p("small")).unwrap(), fs::metadata(f.p("small2")).unwrap());
+    let (a, b) = (
+        fs::metadata(f.p("small")).unwrap(),
+        fs::metadata(f.p("small2")).unwrap(),
+    );
     assert_eq!(a.ino(), b.ino());
     assert_eq!(a.nlink(), 2);
 
@@ -499,11 +614,23 @@ fn files_links_xattrs_and_renames_survive_a_remount() {
     let name = CString::new("user.colour").unwrap();
     // SAFETY: live C strings and buffers with their true lengths.
     unsafe {
-        assert_eq!(libc::setxattr(path.as_ptr(), name.as_ptr(), b"blue".as_ptr().cast(), 4, 0), 0);
-        assert_eq!(libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0), 4);
+        assert_eq!(
+            libc::setxattr(path.as_ptr(), name.as_ptr(), b"blue".as_ptr().cast(), 4, 0),
+            0
+        );
+        assert_eq!(
+            libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0),
+            4
+        );
         let mut small = [0u8; 2];
-        assert_eq!(libc::getxattr(path.as_ptr(), name.as_ptr(), small.as_mut_ptr().cast(), 2), -1);
-        assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ERANGE));
+        assert_eq!(
+            libc::getxattr(path.as_ptr(), name.as_ptr(), small.as_mut_ptr().cast(), 2),
+            -1
+        );
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ERANGE)
+        );
         let mut list = [0u8; 64];
         let n = libc::listxattr(path.as_ptr(), list.as_mut_ptr().cast(), list.len());
         assert_eq!(&list[..n as usize], b"user.colour\0");
