@@ -87,7 +87,10 @@ impl InodeValue {
         }
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
         let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
-        let ts = |s: usize, n: usize| Timespec { sec: u64_at(s) as i64, nsec: u32_at(n) };
+        let ts = |s: usize, n: usize| Timespec {
+            sec: u64_at(s) as i64,
+            nsec: u32_at(n),
+        };
         let v = InodeValue {
             mode: u32_at(0),
             uid: u32_at(4),
@@ -106,9 +109,7 @@ impl InodeValue {
             checksum: b[101],
             parent: u64_at(104),
         };
-        if super::types::FileKind::from_mode(v.mode).is_none() {
-            return None;
-        }
+        super::types::FileKind::from_mode(v.mode)?;
         Some(v)
     }
 }
