@@ -611,14 +611,18 @@ impl Engine {
     /// committed afterwards: the journal flushes the device before writing
     /// the entry that holds them.
     pub fn write_data(&self, dev_sector: u64, buf: &[u8]) -> Result<()> {
-        self.inner.dev.write_at(buf, dev_sector * crate::SECTOR_BYTES)?;
+        self.inner
+            .dev
+            .write_at(buf, dev_sector * crate::SECTOR_BYTES)?;
         self.inner.journal.note_data_written();
         Ok(())
     }
 
     /// Reads stored file data at `dev_sector`.
     pub fn read_data(&self, dev_sector: u64, buf: &mut [u8]) -> Result<()> {
-        self.inner.dev.read_at(buf, dev_sector * crate::SECTOR_BYTES)?;
+        self.inner
+            .dev
+            .read_at(buf, dev_sector * crate::SECTOR_BYTES)?;
         Ok(())
     }
 

@@ -15,8 +15,12 @@ pub fn dirent_pos(dir: InodeNo, slot: u64) -> Pos {
 }
 
 pub fn check_name(name: &[u8]) -> FsResult<()> {
-    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
-        return Err(FsError::Invalid(format!("bad file name {:?}", String::from_utf8_lossy(name))));
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
+        return Err(FsError::Invalid(format!(
+            "bad file name {:?}",
+            String::from_utf8_lossy(name)
+        )));
     }
     if name.len() > NAME_MAX {
         return Err(FsError::NameTooLong);
@@ -25,16 +29,26 @@ pub fn check_name(name: &[u8]) -> FsResult<()> {
 }
 
 fn decode(k: &Key) -> FsResult<DirentValue> {
-    DirentValue::decode(&k.value).ok_or_else(|| FsError::Corrupted(format!("bad dirent at {:?}", k.pos)))
+    DirentValue::decode(&k.value)
+        .ok_or_else(|| FsError::Corrupted(format!("bad dirent at {:?}", k.pos)))
 }
 
 /// Walks the probe chain of `name`: returns the slot holding it (if any)
 /// and the first free-or-whiteout slot seen (where it could be inserted).
-fn probe(tx: &mut Transaction<'_>, dir: InodeNo, name: &[u8]) -> FsResult<(Option<(u64, DirentValue)>, u64)> {
+fn probe(
+    tx: &mut Transaction<'_>,
+    dir: InodeNo,
+    name: &[u8],
+) -> FsResult<(Option<(u64, DirentValue)>, u64)> {
     let mut slot = name_slot(name);
     let mut insert_at = None;
     loop {
-        let keys = tx.scan(BtreeId::Dirents, dirent_pos(dir, slot), dirent_pos(dir, slot + PROBE_BATCH as u64 - 1), PROBE_BATCH)?;
+        let keys = tx.scan(
+            BtreeId::Dirents,
+            dirent_pos(dir, slot),
+            dirent_pos(dir, slot + PROBE_BATCH as u64 - 1),
+            PROBE_BATCH,
+        )?;
         let mut expect = slot;
         for k in &keys {
             if k.pos.offset != expect {
@@ -59,26 +73,57 @@ fn probe(tx: &mut Transaction<'_>, dir: InodeNo, name: &[u8]) -> FsResult<(Optio
 }
 
 /// The entry `name` in `dir`: (slot, value).
-pub fn lookup(tx: &mut Transaction<'_>, dir: InodeNo, name: &[u8]) -> FsResult<Option<(u64, DirentValue)>> {
+pub fn lookup(
+    tx: &mut Transaction<'_>,
+    dir: InodeNo,
+    name: &[u8],
+) -> FsResult<Option<(u64, DirentValue)>> {
     Ok(probe(tx, dir, name)?.0)
 }
 
 /// Adds `name` → `target`; fails with `Exists` if the name is taken.
-pub fn insert(tx: &mut Transaction<'_>, dir: InodeNo, name: &[u8], target: InodeNo, d_type: u8) -> FsResult<u64> {
+pub fn insert(
+    tx: &mut Transaction<'_>,
+    dir: InodeNo,
+    name: &[u8],
+    target: InodeNo,
+    d_type: u8,
+) -> FsResult<u64> {
     check_name(name)?;
     let (found, slot) = probe(tx, dir, name)?;
     if found.is_some() {
         return Err(FsError::Exists);
     }
-    let v = DirentValue { target: target.0, d_type, name: name.to_vec() };
-    tx.put(BtreeId::Dirents, Key::new(dirent_pos(dir, slot), KeyType::Dirent, v.encode()));
+    let v = DirentValue {
+        target: target.0,
+        d_type,
+        name: name.to_vec(),
+    };
+    tx.put(
+        BtreeId::Dirents,
+        Key::new(dirent_pos(dir, slot), KeyType::Dirent, v.encode()),
+    );
     Ok(slot)
 }
 
 /// Points an existing entry at another inode (rename over a target).
-pub fn replace(tx: &mut Transaction<'_>, dir: InodeNo, slot: u64, name: &[u8], target: InodeNo, d_type: u8) {
-    let v = DirentValue { target: target.0, d_type, name: name.to_vec() };
-    tx.put(BtreeId::Dirents, Key::new(dirent_pos(dir, slot), KeyType::Dirent, v.encode()));
+pub fn replace(
+    tx: &mut Transaction<'_>,
+    dir: InodeNo,
+    slot: u64,
+    name: &[u8],
+    target: InodeNo,
+    d_type: u8,
+) {
+    let v = DirentValue {
+        target: target.0,
+        d_type,
+        name: name.to_vec(),
+    };
+    tx.put(
+        BtreeId::Dirents,
+        Key::new(dirent_pos(dir, slot), KeyType::Dirent, v.encode()),
+    );
 }
 
 /// Removes the entry at `slot`, leaving a whiteout if a chain continues past it.
@@ -119,7 +164,12 @@ pub struct DirEntry {
 }
 
 /// Up to `limit` entries of `dir` with slot ≥ `from_slot`, whiteouts skipped.
-pub fn list(tx: &mut Transaction<'_>, dir: InodeNo, from_slot: u64, limit: usize) -> FsResult<Vec<(u64, DirentValue)>> {
+pub fn list(
+    tx: &mut Transaction<'_>,
+    dir: InodeNo,
+    from_slot: u64,
+    limit: usize,
+) -> FsResult<Vec<(u64, DirentValue)>> {
     let mut out = Vec::new();
     let mut start = dirent_pos(dir, from_slot);
     let end = dirent_pos(dir, u64::MAX);

@@ -50,7 +50,11 @@ impl DirentValue {
         if name.contains(&0) || name.contains(&b'/') {
             return None;
         }
-        Some(DirentValue { target: u64::from_le_bytes(b[0..8].try_into().unwrap()), d_type: b[8], name })
+        Some(DirentValue {
+            target: u64::from_le_bytes(b[0..8].try_into().unwrap()),
+            d_type: b[8],
+            name,
+        })
     }
 }
 
@@ -67,7 +71,11 @@ mod tests {
 
     #[test]
     fn dirent_layout() {
-        let v = DirentValue { target: 4097, d_type: 8, name: b"hello".to_vec() };
+        let v = DirentValue {
+            target: 4097,
+            d_type: 8,
+            name: b"hello".to_vec(),
+        };
         let b = v.encode();
         assert_eq!(b.len(), 21);
         assert_eq!(&b[0..8], &4097u64.to_le_bytes());

@@ -15,7 +15,10 @@ pub fn read_inode_opt(tx: &mut Transaction<'_>, ino: InodeNo) -> FsResult<Option
         Some(k) if k.ty == KeyType::Inode => InodeValue::decode(&k.value)
             .map(Some)
             .ok_or_else(|| FsError::Corrupted(format!("undecodable inode {}", ino.0))),
-        Some(_) => Err(FsError::Corrupted(format!("key at inode {} is not an inode", ino.0))),
+        Some(_) => Err(FsError::Corrupted(format!(
+            "key at inode {} is not an inode",
+            ino.0
+        ))),
         None => Ok(None),
     }
 }
@@ -25,7 +28,10 @@ pub fn read_inode(tx: &mut Transaction<'_>, ino: InodeNo) -> FsResult<InodeValue
 }
 
 pub fn write_inode(tx: &mut Transaction<'_>, ino: InodeNo, v: &InodeValue) {
-    tx.put(BtreeId::Inodes, Key::new(inode_pos(ino), KeyType::Inode, v.encode()));
+    tx.put(
+        BtreeId::Inodes,
+        Key::new(inode_pos(ino), KeyType::Inode, v.encode()),
+    );
 }
 
 pub fn to_attr(ino: InodeNo, v: &InodeValue) -> Attr {
@@ -60,11 +66,21 @@ impl Fs {
     pub(crate) fn evict_inode(&self, ino: InodeNo) -> FsResult<()> {
         let xattrs: Vec<Pos> = self
             .engine
-            .iter(BtreeId::Xattrs, Pos::new(ino.0, 0, 0), Pos::new(ino.0, u64::MAX, u32::MAX))
+            .iter(
+                BtreeId::Xattrs,
+                Pos::new(ino.0, 0, 0),
+                Pos::new(ino.0, u64::MAX, u32::MAX),
+            )
             .map(|k| k.map(|k| k.pos))
             .collect::<Result<_, _>>()?;
         self.tx(Durability::Lazy, |tx| {
-            tx.delete_range(BtreeId::Extents, ino.0, ROOT_SNAPSHOT, 0, MAX_FILE_SIZE / 512);
+            tx.delete_range(
+                BtreeId::Extents,
+                ino.0,
+                ROOT_SNAPSHOT,
+                0,
+                MAX_FILE_SIZE / 512,
+            );
             for p in &xattrs {
                 tx.delete(BtreeId::Xattrs, *p);
             }

@@ -76,7 +76,13 @@ impl Fs {
     /// Formats `dev` and creates the root directory.
     pub fn format(dev: Arc<dyn Device>, opts: &FormatOptions) -> FsResult<Superblock> {
         Engine::format(dev.clone(), opts)?;
-        let engine = Engine::open(dev.clone(), EngineOptions { background: false, ..Default::default() })?;
+        let engine = Engine::open(
+            dev.clone(),
+            EngineOptions {
+                background: false,
+                ..Default::default()
+            },
+        )?;
         let now = Timespec::now();
         let root = InodeValue {
             mode: S_IFDIR | 0o755,
@@ -90,7 +96,14 @@ impl Fs {
             ..Default::default()
         };
         engine.transact(Durability::Durable, |tx| {
-            tx.put(BtreeId::Inodes, crate::key::Key::new(inode_pos(ROOT_INO), crate::key::KeyType::Inode, root.encode()));
+            tx.put(
+                BtreeId::Inodes,
+                crate::key::Key::new(
+                    inode_pos(ROOT_INO),
+                    crate::key::KeyType::Inode,
+                    root.encode(),
+                ),
+            );
             Ok(())
         })?;
         engine.close()?;
@@ -103,7 +116,11 @@ impl Fs {
     pub fn open(dev: Arc<dyn Device>, opts: FsOptions) -> FsResult<Fs> {
         let engine = Engine::open(dev, opts.engine.clone())?;
         let last = engine
-            .iter_rev(BtreeId::Inodes, Pos::new(0, 0, 0), Pos::new(0, u64::MAX, u32::MAX))
+            .iter_rev(
+                BtreeId::Inodes,
+                Pos::new(0, 0, 0),
+                Pos::new(0, u64::MAX, u32::MAX),
+            )
             .next()
             .transpose()?
             .map_or(ROOT_INO.0, |k| k.pos.offset);
@@ -181,7 +198,8 @@ impl Fs {
         let data_buckets = geo.nbuckets - geo.first_data_bucket;
         let bsize = 4096u64;
         let blocks = data_buckets * bucket_bytes / bsize;
-        let free_buckets = (c[Counter::FreeBuckets as usize].max(0) as u64).saturating_sub(geo.reserved_buckets());
+        let free_buckets =
+            (c[Counter::FreeBuckets as usize].max(0) as u64).saturating_sub(geo.reserved_buckets());
         let bfree = free_buckets * bucket_bytes / bsize;
         let files = self.next_ino.load(Ordering::Relaxed);
         StatFs {
@@ -241,7 +259,11 @@ impl Fs {
     fn reap_orphans(&self) -> FsResult<()> {
         let orphans: Vec<u64> = self
             .engine
-            .iter(BtreeId::Inodes, orphan_pos(InodeNo(0)), orphan_pos(InodeNo(u64::MAX)))
+            .iter(
+                BtreeId::Inodes,
+                orphan_pos(InodeNo(0)),
+                orphan_pos(InodeNo(u64::MAX)),
+            )
             .map(|k| k.map(|k| k.pos.offset))
             .collect::<Result<_, _>>()?;
         for ino in orphans {

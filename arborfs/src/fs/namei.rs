@@ -56,26 +56,63 @@ impl Fs {
 
     /// Creates a regular file, device node, FIFO or socket (`mode` holds the
     /// type). The permission bits are used as given (umask already applied).
-    pub fn mknod(&self, caller: &Caller, parent: InodeNo, name: &[u8], mode: u32, rdev: u64) -> FsResult<Attr> {
+    pub fn mknod(
+        &self,
+        caller: &Caller,
+        parent: InodeNo,
+        name: &[u8],
+        mode: u32,
+        rdev: u64,
+    ) -> FsResult<Attr> {
         let kind = FileKind::from_mode(mode).unwrap_or(FileKind::Regular);
         if matches!(kind, FileKind::Directory | FileKind::Symlink) {
-            return Err(FsError::Invalid("mknod cannot make directories or symlinks".into()));
+            return Err(FsError::Invalid(
+                "mknod cannot make directories or symlinks".into(),
+            ));
         }
         self.create_node(caller, parent, name, kind, mode & 0o7777, rdev, None)
     }
 
-    pub fn mkdir(&self, caller: &Caller, parent: InodeNo, name: &[u8], mode: u32) -> FsResult<Attr> {
-        self.create_node(caller, parent, name, FileKind::Directory, mode & 0o7777, 0, None)
+    pub fn mkdir(
+        &self,
+        caller: &Caller,
+        parent: InodeNo,
+        name: &[u8],
+        mode: u32,
+    ) -> FsResult<Attr> {
+        self.create_node(
+            caller,
+            parent,
+            name,
+            FileKind::Directory,
+            mode & 0o7777,
+            0,
+            None,
+        )
     }
 
-    pub fn symlink(&self, caller: &Caller, parent: InodeNo, name: &[u8], target: &[u8]) -> FsResult<Attr> {
+    pub fn symlink(
+        &self,
+        caller: &Caller,
+        parent: InodeNo,
+        name: &[u8],
+        target: &[u8],
+    ) -> FsResult<Attr> {
         if target.is_empty() {
             return Err(FsError::NotFound);
         }
         if target.len() > SYMLINK_MAX {
             return Err(FsError::NameTooLong);
         }
-        self.create_node(caller, parent, name, FileKind::Symlink, 0o777, 0, Some(target))
+        self.create_node(
+            caller,
+            parent,
+            name,
+            FileKind::Symlink,
+            0o777,
+            0,
+            Some(target),
+        )
     }
 
     pub fn readlink(&self, ino: InodeNo) -> FsResult<Vec<u8>> {
@@ -86,7 +123,10 @@ impl Fs {
             }
             match tx.get(BtreeId::Xattrs, symlink_pos(ino))? {
                 Some(k) => Ok(k.value),
-                None => Err(FsError::Corrupted(format!("symlink {} has no target", ino.0))),
+                None => Err(FsError::Corrupted(format!(
+                    "symlink {} has no target",
+                    ino.0
+                ))),
             }
         })
     }
@@ -176,7 +216,13 @@ impl Fs {
         self.remove_name(caller, parent, name, true)
     }
 
-    fn remove_name(&self, caller: &Caller, parent: InodeNo, name: &[u8], want_dir: bool) -> FsResult<()> {
+    fn remove_name(
+        &self,
+        caller: &Caller,
+        parent: InodeNo,
+        name: &[u8],
+        want_dir: bool,
+    ) -> FsResult<()> {
         if name.len() > dirent_format_name_max() {
             return Err(FsError::NameTooLong);
         }
@@ -213,7 +259,10 @@ impl Fs {
                 // Keep it until the last close; a crash leaves it on the orphan list.
                 v.flags |= INODE_UNLINKED;
                 write_inode(tx, target, &v);
-                tx.put(BtreeId::Inodes, Key::new(orphan_pos(target), KeyType::Blob, Vec::new()));
+                tx.put(
+                    BtreeId::Inodes,
+                    Key::new(orphan_pos(target), KeyType::Blob, Vec::new()),
+                );
                 Ok(None)
             } else if gone {
                 write_inode(tx, target, &v);
@@ -231,17 +280,32 @@ impl Fs {
 
     /// Lists `dir` from `cookie` (0 to start); `f` gets each entry and
     /// returns false to stop. Cookies stay valid while the directory changes.
-    pub fn readdir(&self, dir: InodeNo, cookie: u64, mut f: impl FnMut(DirEntry) -> bool) -> FsResult<()> {
+    pub fn readdir(
+        &self,
+        dir: InodeNo,
+        cookie: u64,
+        mut f: impl FnMut(DirEntry) -> bool,
+    ) -> FsResult<()> {
         let (d, _) = self.tx(Durability::Lazy, |tx| Ok((dir_inode(tx, dir)?, ())))?;
         let mut cookie = cookie;
         if cookie == 0 {
-            if !f(DirEntry { ino: dir, kind: FileKind::Directory, name: b".".to_vec(), next_cookie: COOKIE_DOTDOT }) {
+            if !f(DirEntry {
+                ino: dir,
+                kind: FileKind::Directory,
+                name: b".".to_vec(),
+                next_cookie: COOKIE_DOTDOT,
+            }) {
                 return Ok(());
             }
             cookie = COOKIE_DOTDOT;
         }
         if cookie == COOKIE_DOTDOT {
-            let e = DirEntry { ino: InodeNo(d.parent), kind: FileKind::Directory, name: b"..".to_vec(), next_cookie: COOKIE_ENTRIES };
+            let e = DirEntry {
+                ino: InodeNo(d.parent),
+                kind: FileKind::Directory,
+                name: b"..".to_vec(),
+                next_cookie: COOKIE_ENTRIES,
+            };
             if !f(e) {
                 return Ok(());
             }
@@ -253,7 +317,12 @@ impl Fs {
             let n = batch.len();
             for (slot, e) in batch {
                 let kind = FileKind::from_d_type(e.d_type).unwrap_or(FileKind::Regular);
-                if !f(DirEntry { ino: InodeNo(e.target), kind, name: e.name, next_cookie: slot + 1 }) {
+                if !f(DirEntry {
+                    ino: InodeNo(e.target),
+                    kind,
+                    name: e.name,
+                    next_cookie: slot + 1,
+                }) {
                     return Ok(());
                 }
                 from = slot + 1;
@@ -279,9 +348,23 @@ mod tests {
 
     fn fs() -> Fs {
         let dev = Arc::new(MemDevice::new(64 << 20));
-        let opts = crate::sb::FormatOptions { bucket_size: 64 << 10, node_size: 16 << 10, ..Default::default() };
+        let opts = crate::sb::FormatOptions {
+            bucket_size: 64 << 10,
+            node_size: 16 << 10,
+            ..Default::default()
+        };
         Fs::format(dev.clone(), &opts).unwrap();
-        Fs::open(dev, FsOptions { engine: crate::engine::EngineOptions { background: false, ..Default::default() }, ..Default::default() }).unwrap()
+        Fs::open(
+            dev,
+            FsOptions {
+                engine: crate::engine::EngineOptions {
+                    background: false,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .unwrap()
     }
 
     #[test]
@@ -292,10 +375,17 @@ mod tests {
         assert_eq!(d.kind, FileKind::Directory);
         assert_eq!(fs.getattr(ROOT_INO).unwrap().nlink, 3);
         for i in 0..300 {
-            fs.mknod(&me, d.ino, format!("f{i}").as_bytes(), S_IFREG | 0o644, 0).unwrap();
+            fs.mknod(&me, d.ino, format!("f{i}").as_bytes(), S_IFREG | 0o644, 0)
+                .unwrap();
         }
-        assert!(matches!(fs.mknod(&me, d.ino, b"f7", S_IFREG | 0o644, 0), Err(FsError::Exists)));
-        assert_eq!(fs.lookup(&me, d.ino, b"f7").unwrap().kind, FileKind::Regular);
+        assert!(matches!(
+            fs.mknod(&me, d.ino, b"f7", S_IFREG | 0o644, 0),
+            Err(FsError::Exists)
+        ));
+        assert_eq!(
+            fs.lookup(&me, d.ino, b"f7").unwrap().kind,
+            FileKind::Regular
+        );
         let mut names = Vec::new();
         fs.readdir(d.ino, 0, |e| {
             names.push(String::from_utf8(e.name).unwrap());
@@ -303,15 +393,24 @@ mod tests {
         })
         .unwrap();
         assert_eq!(names.len(), 302);
-        assert!(matches!(fs.rmdir(&me, ROOT_INO, b"dir"), Err(FsError::NotEmpty)));
+        assert!(matches!(
+            fs.rmdir(&me, ROOT_INO, b"dir"),
+            Err(FsError::NotEmpty)
+        ));
         for i in 0..300 {
             fs.unlink(&me, d.ino, format!("f{i}").as_bytes()).unwrap();
         }
-        assert!(matches!(fs.lookup(&me, d.ino, b"f7"), Err(FsError::NotFound)));
+        assert!(matches!(
+            fs.lookup(&me, d.ino, b"f7"),
+            Err(FsError::NotFound)
+        ));
         fs.rmdir(&me, ROOT_INO, b"dir").unwrap();
         assert_eq!(fs.getattr(ROOT_INO).unwrap().nlink, 2);
         let long = vec![b'x'; 256];
-        assert!(matches!(fs.mkdir(&me, ROOT_INO, &long, 0o755), Err(FsError::NameTooLong)));
+        assert!(matches!(
+            fs.mkdir(&me, ROOT_INO, &long, 0o755),
+            Err(FsError::NameTooLong)
+        ));
         let s = fs.symlink(&me, ROOT_INO, b"l", b"/some/where").unwrap();
         assert_eq!(fs.readlink(s.ino).unwrap(), b"/some/where");
     }

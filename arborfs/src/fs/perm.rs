@@ -25,14 +25,22 @@ pub fn check_access(caller: &Caller, inode: &InodeValue, mask: u32) -> FsResult<
     } else {
         inode.mode & 7
     };
-    if bits & mask == mask { Ok(()) } else { Err(FsError::AccessDenied) }
+    if bits & mask == mask {
+        Ok(())
+    } else {
+        Err(FsError::AccessDenied)
+    }
 }
 
 /// May `caller` remove or rename away an entry for `victim` in `dir`
 /// (write+search on the directory, and the sticky-bit rule)?
 pub fn check_delete(caller: &Caller, dir: &InodeValue, victim: &InodeValue) -> FsResult<()> {
     check_access(caller, dir, MAY_WRITE | MAY_EXEC)?;
-    if dir.mode & S_ISVTX != 0 && !caller.is_root() && caller.uid != dir.uid && caller.uid != victim.uid {
+    if dir.mode & S_ISVTX != 0
+        && !caller.is_root()
+        && caller.uid != dir.uid
+        && caller.uid != victim.uid
+    {
         return Err(FsError::NotPermitted);
     }
     Ok(())
@@ -40,7 +48,11 @@ pub fn check_delete(caller: &Caller, dir: &InodeValue, victim: &InodeValue) -> F
 
 /// Only the owner (or root) may change mode, times explicitly, flags.
 pub fn check_owner(caller: &Caller, inode: &InodeValue) -> FsResult<()> {
-    if caller.is_root() || caller.uid == inode.uid { Ok(()) } else { Err(FsError::NotPermitted) }
+    if caller.is_root() || caller.uid == inode.uid {
+        Ok(())
+    } else {
+        Err(FsError::NotPermitted)
+    }
 }
 
 #[cfg(test)]
@@ -48,15 +60,33 @@ mod tests {
     use super::*;
 
     fn inode(mode: u32, uid: u32, gid: u32) -> InodeValue {
-        InodeValue { mode, uid, gid, nlink: 1, ..Default::default() }
+        InodeValue {
+            mode,
+            uid,
+            gid,
+            nlink: 1,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn owner_group_other_bits() {
         let f = inode(0o100640, 10, 20);
-        let owner = Caller { uid: 10, gid: 99, groups: vec![] };
-        let member = Caller { uid: 11, gid: 5, groups: vec![20] };
-        let other = Caller { uid: 12, gid: 5, groups: vec![] };
+        let owner = Caller {
+            uid: 10,
+            gid: 99,
+            groups: vec![],
+        };
+        let member = Caller {
+            uid: 11,
+            gid: 5,
+            groups: vec![20],
+        };
+        let other = Caller {
+            uid: 12,
+            gid: 5,
+            groups: vec![],
+        };
         assert!(check_access(&owner, &f, MAY_READ | MAY_WRITE).is_ok());
         assert!(check_access(&member, &f, MAY_READ).is_ok());
         assert!(check_access(&member, &f, MAY_WRITE).is_err());
@@ -69,9 +99,20 @@ mod tests {
     fn sticky_directories() {
         let dir = inode(0o041777, 0, 0);
         let mine = inode(0o100644, 10, 10);
-        let a = Caller { uid: 10, gid: 10, groups: vec![] };
-        let b = Caller { uid: 11, gid: 11, groups: vec![] };
+        let a = Caller {
+            uid: 10,
+            gid: 10,
+            groups: vec![],
+        };
+        let b = Caller {
+            uid: 11,
+            gid: 11,
+            groups: vec![],
+        };
         assert!(check_delete(&a, &dir, &mine).is_ok());
-        assert!(matches!(check_delete(&b, &dir, &mine), Err(FsError::NotPermitted)));
+        assert!(matches!(
+            check_delete(&b, &dir, &mine),
+            Err(FsError::NotPermitted)
+        ));
     }
 }

@@ -104,8 +104,13 @@ pub struct Timespec {
 
 impl Timespec {
     pub fn now() -> Timespec {
-        let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() }
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timespec {
+            sec: d.as_secs() as i64,
+            nsec: d.subsec_nanos(),
+        }
     }
 }
 
@@ -149,7 +154,11 @@ pub struct Caller {
 
 impl Caller {
     pub fn root() -> Caller {
-        Caller { uid: 0, gid: 0, groups: Vec::new() }
+        Caller {
+            uid: 0,
+            gid: 0,
+            groups: Vec::new(),
+        }
     }
 
     pub fn is_root(&self) -> bool {
