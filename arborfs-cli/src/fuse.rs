@@ -1082,6 +1082,17 @@ pub fn parse_mount_opts(list: &str) -> Result<MountOpts> {
             | "nofail"
             | "async" => {}
             _ if opt.starts_with("size=") => o.size = Some(opt["size=".len()..].to_string()),
+            // mount(8) passes a live mount's FUSE options back on a remount.
+            _ if [
+                "user_id=",
+                "group_id=",
+                "rootmode=",
+                "max_read=",
+                "blksize=",
+                "fd=",
+            ]
+            .iter()
+            .any(|p| opt.starts_with(p)) => {}
             // mount(8) and fstab pass these along; they mean nothing here.
             _ if opt.starts_with("x-")
                 || opt.starts_with("comment=")
@@ -1377,6 +1388,12 @@ mod tests {
         assert_eq!(o.size.as_deref(), Some("2G"));
         let o = parse_mount_opts("ro,dev,suid,exec").unwrap();
         assert!(o.read_only && !o.nodev && !o.nosuid && !o.noexec);
+        // What mount(8) hands the helper on `mount -o remount,ro MNT`.
+        let o = parse_mount_opts(
+            "ro,nosuid,nodev,noatime,remount,user_id=0,group_id=0,default_permissions",
+        )
+        .unwrap();
+        assert!(o.remount && o.read_only && o.noatime);
         assert!(parse_mount_opts("bogus").is_err());
     }
 }

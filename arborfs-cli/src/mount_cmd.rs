@@ -122,14 +122,9 @@ fn daemonize(image: &Path, mnt: &Path, o: &MountOpts) -> Result<()> {
         drop(rd);
         // SAFETY: setsid has no preconditions; it detaches from the terminal.
         unsafe { libc::setsid() };
-        let code = match run_daemon(image, mnt, o, Some(wr)) {
-            Ok(()) => 0,
-            Err(e) => {
-                // Before the mount was live this went to the parent; after, to stderr.
-                eprintln!("arborfs: {e:#}");
-                1
-            }
-        };
+        // An error before the mount was live goes to the parent through the
+        // pipe; after, stdio is /dev/null.
+        let code = i32::from(run_daemon(image, mnt, o, Some(wr)).is_err());
         std::process::exit(code);
     }
     drop(wr);
