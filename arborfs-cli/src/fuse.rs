@@ -103,10 +103,11 @@ fn errno(e: &FsError) -> Errno {
             eprintln!("arborfs: filesystem corrupted: {m}");
             libc::EIO
         }
+        // FIXME(merge): add `FsError::NoData => libc::ENXIO` (fs/data.rs: lseek past the last data/hole)
         FsError::Restart => {
             eprintln!("arborfs: internal error: transaction restart escaped the fs layer");
             libc::EIO
-        } // FIXME(merge): FsError::NoData (fs/data.rs, lseek past the last data/hole) → libc::ENXIO
+        }
     };
     Errno::from_i32(n)
 }
