@@ -1,4 +1,12 @@
-//! `arborfs`: format, inspect and (later) mount ArborFS images.
+//! `arborfs`: format, inspect and mount ArborFS images.
+//!
+//! Also a multi-call binary: named `mount.fuse.arborfs` it is mount(8)'s
+//! helper for `-t fuse.arborfs`, `mkfs.arborfs` is `arborfs format` and
+//! `fsck.arborfs` is fsck(8)'s helper.
+
+mod fsck_cmd;
+mod fuse;
+mod mount_cmd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -8,6 +16,7 @@ use anyhow::{Context, Result, bail};
 use arborfs::alloc::alloc_format::{AllocValue, Counter, decode_counters};
 use arborfs::alloc::extent_format::ExtentValue;
 use arborfs::device::{Device, FileDevice};
+use arborfs::fs::Fs;
 use arborfs::sb::{ChecksumType, CompressionType, FormatOptions, Superblock};
 use arborfs::{BtreeId, Engine, EngineOptions, Key, KeyType, Pos};
 use clap::{Parser, Subcommand};
@@ -26,6 +35,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Check an unmounted filesystem and, with -y, repair it. Exit codes as
+    /// e2fsck: 0 clean, 1 repaired, 4 errors left, 8 operational error.
+    Fsck {
+        /// Check only; change nothing (the default).
+        #[arg(short = 'n', conflicts_with = "yes")]
+        no: bool,
+        /// Repair everything found.
+        #[arg(short = 'y', visible_short_aliases = ['p', 'a'])]
+        yes: bool,
+        /// Print a JSON summary instead of text.
+        #[arg(long)]
+        json: bool,
+        image: PathBuf,
+    },
     /// Create a new filesystem on an image file (created if missing) or block device.
     Format {
         /// Size of the image, e.g. 1G, 512M, 1073741824 (default 1G for a new file).
@@ -47,6 +70,28 @@ enum Cmd {
         #[arg(long, default_value = "256K")]
         node_size: String,
         image: PathBuf,
+    },
+    /// Mount an image with FUSE (formatting it first if it is missing or empty).
+    Mount {
+        /// Stay in the foreground instead of daemonizing.
+        #[arg(short = 'f', long)]
+        foreground: bool,
+        /// Mount options: ro, rw, allow_other, noatime, nodev, nosuid, noexec,
+        /// size=SIZE (of a new image, default 1G), remount, and the generic
+        /// mount(8) options, which are ignored.
+        #[arg(short = 'o', default_value = "")]
+        options: Vec<String>,
+        image: PathBuf,
+        mountpoint: PathBuf,
+    },
+    /// Unmount and wait until the daemon has closed the image cleanly.
+    Umount { mountpoint: PathBuf },
+    /// Show capacity, data, metadata and free space of an image or mount.
+    Usage {
+        #[arg(long)]
+        json: bool,
+        /// An image file or the mount point of a mounted one.
+        path: PathBuf,
     },
     /// Print the superblock.
     ShowSuper {
@@ -72,8 +117,81 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let argv0 = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match argv0.as_str() {
+        "mount.fuse.arborfs" => return report(mount_helper(&args[1..])),
+        "mkfs.arborfs" => {
+            let mut v: Vec<std::ffi::OsString> = vec!["mkfs.arborfs".into(), "format".into()];
+            v.extend(args[1..].iter().cloned());
+            return run(Cli::parse_from(v));
+        }
+        "fsck.arborfs" => {
+            let mut v: Vec<std::ffi::OsString> = vec!["fsck.arborfs".into(), "fsck".into()];
+            v.extend(args[1..].iter().cloned());
+            return run(Cli::parse_from(v));
+        }
+        _ => {}
+    }
+    run(Cli::parse())
+}
+
+fn report(r: Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("arborfs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// mount(8) runs `mount.fuse.arborfs SOURCE TARGET [-n] [-s] [-f] [-v] [-o OPTS]`.
+fn mount_helper(args: &[std::ffi::OsString]) -> Result<()> {
+    let mut pos = Vec::new();
+    let mut opts = Vec::new();
+    let mut fake = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.to_str() {
+            Some("-o") => opts.push(
+                it.next()
+                    .context("-o needs an argument")?
+                    .to_str()
+                    .context("mount options must be UTF-8")?
+                    .to_string(),
+            ),
+            Some(o) if o.starts_with("-o") => opts.push(o[2..].to_string()),
+            // -f is mount(8)'s "fake": do everything but the mount.
+            Some("-f") => fake = true,
+            Some("-n" | "-s" | "-v") => {}
+            Some(o) if o.starts_with('-') && o.len() > 1 => bail!("unknown option {o}"),
+            _ => pos.push(PathBuf::from(a)),
+        }
+    }
+    let [image, mountpoint] = pos.as_slice() else {
+        bail!("usage: mount.fuse.arborfs IMAGE MOUNTPOINT [-o OPTIONS]");
+    };
+    if fake {
+        return Ok(());
+    }
+    mount_cmd::cmd_mount(image, mountpoint, &opts.join(","), false)
+}
+
+fn run(cli: Cli) -> ExitCode {
     let r = match cli.cmd {
+        Cmd::Fsck {
+            no: _,
+            yes,
+            json,
+            image,
+        } => {
+            return ExitCode::from(fsck_cmd::run(&image, yes, json) as u8);
+        }
         Cmd::Format {
             size,
             force,
@@ -91,6 +209,14 @@ fn main() -> ExitCode {
             &bucket_size,
             &node_size,
         ),
+        Cmd::Mount {
+            foreground,
+            options,
+            image,
+            mountpoint,
+        } => mount_cmd::cmd_mount(&image, &mountpoint, &options.join(","), foreground),
+        Cmd::Umount { mountpoint } => mount_cmd::cmd_umount(&mountpoint),
+        Cmd::Usage { json, path } => mount_cmd::cmd_usage(&path, json),
         Cmd::ShowSuper { json, image } => show_super(&image, json),
         Cmd::List {
             btree,
@@ -100,17 +226,11 @@ fn main() -> ExitCode {
             image,
         } => list(&image, &btree, start, end, json),
     };
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("arborfs: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    report(r)
 }
 
 /// Parses sizes like `4096`, `64K`, `1M`, `2G`, `1GiB`, `1T`.
-fn parse_size(s: &str) -> Result<u64> {
+pub(crate) fn parse_size(s: &str) -> Result<u64> {
     let t = s.trim();
     let lower = t.to_ascii_lowercase();
     let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
@@ -185,8 +305,9 @@ fn format(
         compression,
         ..Default::default()
     };
+    // The filesystem layer's format also creates the root directory.
     let sb =
-        Engine::format(dev, &opts).with_context(|| format!("cannot format {}", image.display()))?;
+        Fs::format(dev, &opts).with_context(|| format!("cannot format {}", image.display()))?;
     println!(
         "formatted {}: {} bytes, {} buckets of {} bytes, uuid {}",
         image.display(),

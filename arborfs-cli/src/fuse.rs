@@ -1,0 +1,1226 @@
+//! The FUSE frontend: an adapter from `fuser` to `arborfs::fs::Fs`.
+//!
+//! This is the only module that knows FUSE and errno numbers. Everything
+//! below talks to the filesystem through the inode-number based API of
+//! `arborfs::fs` (see docs/fs-api.md); the kernel does the permission
+//! checks (`default_permissions`), the filesystem checks again with the
+//! caller's ids.
+//!
+//! Attribute and entry TTLs are 1 s. Longer ones would be safe only because
+//! every change goes through this daemon; 1 s keeps a margin for now.
+
+use std::ffi::{CString, OsStr};
+use std::fs::OpenOptions;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use arborfs::fs::{
+    Attr, Caller, FileKind, Fs, FsError, FsResult, InodeNo, ROOT_INO, S_IFMT, S_IFREG, Timespec,
+};
+use fuser::{
+    AccessFlags, Config, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL,
+    WriteFlags,
+};
+
+use arborfs::fs::{FallocFlags, RenameFlags, SeekWhence, SetAttr, TimeOrNow, XattrSet};
+
+/// How long the kernel may cache attributes and names.
+const TTL: Duration = Duration::from_secs(1);
+
+/// The filesystem type shown in /proc/mounts is `fuse.SUBTYPE`.
+pub const SUBTYPE: &str = "arborfs";
+
+/// Largest write the kernel sends in one request.
+const MAX_WRITE: u32 = 1 << 20;
+
+// ---------------------------------------------------------------------------
+// Node ids. FUSE's root is node 1; every other node id is the inode number
+// (ArborFS reserves the numbers below ROOT_INO, so node 1 is never an inode).
+// Kept in this one pair so that `(subvolume, inode)` node ids can come later.
+
+/// A FUSE node id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct NodeId(u64);
+
+const FUSE_ROOT: NodeId = NodeId(1);
+
+fn node_to_ino(node: INodeNo) -> InodeNo {
+    let n = NodeId(node.0);
+    if n == FUSE_ROOT {
+        ROOT_INO
+    } else {
+        InodeNo(n.0)
+    }
+}
+
+fn ino_to_node(ino: InodeNo) -> INodeNo {
+    let n = if ino == ROOT_INO {
+        FUSE_ROOT
+    } else {
+        NodeId(ino.0)
+    };
+    INodeNo(n.0)
+}
+
+// ---------------------------------------------------------------------------
+// Errors.
+
+/// The errno of every filesystem error.
+fn errno(e: &FsError) -> Errno {
+    let n = match e {
+        FsError::NotFound => libc::ENOENT,
+        FsError::Exists => libc::EEXIST,
+        FsError::NotDir => libc::ENOTDIR,
+        FsError::IsDir => libc::EISDIR,
+        FsError::NotEmpty => libc::ENOTEMPTY,
+        FsError::NameTooLong => libc::ENAMETOOLONG,
+        FsError::Invalid(_) => libc::EINVAL,
+        FsError::NotPermitted => libc::EPERM,
+        FsError::AccessDenied => libc::EACCES,
+        FsError::NoSpace => libc::ENOSPC,
+        FsError::ReadOnly => libc::EROFS,
+        FsError::NoAttr => libc::ENODATA,
+        FsError::Range => libc::ERANGE,
+        FsError::TooBig => libc::E2BIG,
+        FsError::FileTooBig => libc::EFBIG,
+        FsError::TooManyLinks => libc::EMLINK,
+        FsError::CrossDevice => libc::EXDEV,
+        FsError::Busy => libc::EBUSY,
+        FsError::NotSupported => libc::EOPNOTSUPP,
+        FsError::Fault => libc::EFAULT,
+        FsError::Io(m) => {
+            eprintln!("arborfs: I/O error: {m}");
+            libc::EIO
+        }
+        FsError::Corrupted(m) => {
+            eprintln!("arborfs: filesystem corrupted: {m}");
+            libc::EIO
+        }
+        FsError::NoData => libc::ENXIO,
+        FsError::Restart => {
+            eprintln!("arborfs: internal error: transaction restart escaped the fs layer");
+            libc::EIO
+        }
+    };
+    Errno::from_i32(n)
+}
+
+fn err(n: i32) -> Errno {
+    Errno::from_i32(n)
+}
+
+// ---------------------------------------------------------------------------
+// Callers and attributes.
+
+/// The caller of a request: its uid/gid, and its supplementary groups from
+/// /proc/PID/status (only needed for non-root callers).
+fn caller(req: &Request) -> Caller {
+    let (uid, gid) = (req.uid(), req.gid());
+    let groups = if uid == 0 || req.pid() == 0 {
+        Vec::new()
+    } else {
+        proc_groups(req.pid())
+    };
+    Caller { uid, gid, groups }
+}
+
+fn proc_groups(pid: u32) -> Vec<u32> {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return Vec::new();
+    };
+    parse_groups(&s)
+}
+
+fn parse_groups(status: &str) -> Vec<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn file_type(k: FileKind) -> FileType {
+    match k {
+        FileKind::Regular => FileType::RegularFile,
+        FileKind::Directory => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+    }
+}
+
+fn to_system_time(t: Timespec) -> SystemTime {
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs())
+            + Duration::from_nanos(u64::from(t.nsec))
+    }
+}
+
+fn to_timespec(t: SystemTime) -> Timespec {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timespec {
+            sec: d.as_secs() as i64,
+            nsec: d.subsec_nanos(),
+        },
+        Err(e) => {
+            let d = e.duration();
+            if d.subsec_nanos() == 0 {
+                Timespec {
+                    sec: -(d.as_secs() as i64),
+                    nsec: 0,
+                }
+            } else {
+                Timespec {
+                    sec: -(d.as_secs() as i64) - 1,
+                    nsec: 1_000_000_000 - d.subsec_nanos(),
+                }
+            }
+        }
+    }
+}
+
+fn to_time_or_now(t: fuser::TimeOrNow) -> TimeOrNow {
+    match t {
+        fuser::TimeOrNow::Now => TimeOrNow::Now,
+        fuser::TimeOrNow::SpecificTime(t) => TimeOrNow::Time(to_timespec(t)),
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: ino_to_node(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: to_system_time(a.atime),
+        mtime: to_system_time(a.mtime),
+        ctime: to_system_time(a.ctime),
+        crtime: to_system_time(a.btime),
+        kind: file_type(a.kind),
+        perm: (a.perm & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev as u32,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+fn reply_entry(reply: ReplyEntry, r: FsResult<Attr>) {
+    match r {
+        Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(a.generation)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn reply_attr(reply: ReplyAttr, r: FsResult<Attr>) {
+    match r {
+        Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, r: FsResult<()>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+/// Answers an xattr request: `size` 0 asks for the needed size, a buffer
+/// that is too small gets ERANGE.
+fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(err(libc::ERANGE));
+    } else {
+        reply.data(value);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The adapter.
+
+/// Serves one `Fs` to the kernel. The filesystem calls are thread-safe, so
+/// the session runs several dispatch threads.
+pub struct ArborFuse {
+    fs: Arc<Fs>,
+}
+
+impl ArborFuse {
+    pub fn new(fs: Arc<Fs>) -> ArborFuse {
+        ArborFuse { fs }
+    }
+}
+
+impl Filesystem for ArborFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.set_max_readahead(MAX_WRITE);
+        for cap in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+        ] {
+            // Old kernels without one of these still work.
+            let _ = config.add_capabilities(cap);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        reply_entry(
+            reply,
+            self.fs
+                .lookup(&caller(req), node_to_ino(parent), name.as_bytes()),
+        );
+    }
+
+    fn forget(&self, _req: &Request, _ino: INodeNo, _nlookup: u64) {
+        // Inodes live by their links and open handles, not by lookup counts.
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        reply_attr(reply, self.fs.getattr(node_to_ino(ino)));
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<fuser::TimeOrNow>,
+        mtime: Option<fuser::TimeOrNow>,
+        ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let ino = node_to_ino(ino);
+        let who = caller(req);
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            atime: atime.map(to_time_or_now),
+            mtime: mtime.map(to_time_or_now),
+            ctime: ctime.map(to_timespec),
+        };
+        let others = set.mode.is_some()
+            || set.uid.is_some()
+            || set.gid.is_some()
+            || set.atime.is_some()
+            || set.mtime.is_some()
+            || set.ctime.is_some();
+        let r = (|| {
+            let mut attr = None;
+            if let Some(size) = size {
+                // ftruncate: the kernel checked write access when the file
+                // was opened, which the mode may no longer grant.
+                let size_caller = if fh.is_some() && !who.is_root() {
+                    Caller {
+                        uid: 0,
+                        ..who.clone()
+                    }
+                } else {
+                    who.clone()
+                };
+                attr = Some(self.fs.set_size(&size_caller, ino, size)?);
+            }
+            if others || attr.is_none() {
+                attr = Some(if others {
+                    self.fs.setattr(&who, ino, &set)?
+                } else {
+                    self.fs.getattr(ino)?
+                });
+            }
+            Ok(attr.expect("set above"))
+        })();
+        reply_attr(reply, r);
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(node_to_ino(ino)) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let mode = (mode & S_IFMT) | (mode & 0o7777 & !umask);
+        let r = self.fs.mknod(
+            &caller(req),
+            node_to_ino(parent),
+            name.as_bytes(),
+            mode,
+            u64::from(rdev),
+        );
+        reply_entry(reply, r);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let mode = mode & 0o7777 & !umask;
+        reply_entry(
+            reply,
+            self.fs
+                .mkdir(&caller(req), node_to_ino(parent), name.as_bytes(), mode),
+        );
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(
+            reply,
+            self.fs
+                .unlink(&caller(req), node_to_ino(parent), name.as_bytes()),
+        );
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(
+            reply,
+            self.fs
+                .rmdir(&caller(req), node_to_ino(parent), name.as_bytes()),
+        );
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let r = self.fs.symlink(
+            &caller(req),
+            node_to_ino(parent),
+            link_name.as_bytes(),
+            target.as_os_str().as_bytes(),
+        );
+        reply_entry(reply, r);
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let known = fuser::RenameFlags::RENAME_NOREPLACE | fuser::RenameFlags::RENAME_EXCHANGE;
+        if !known.contains(flags) {
+            // RENAME_WHITEOUT is for overlayfs only.
+            reply.error(err(libc::EINVAL));
+            return;
+        }
+        let f = RenameFlags {
+            noreplace: flags.contains(fuser::RenameFlags::RENAME_NOREPLACE),
+            exchange: flags.contains(fuser::RenameFlags::RENAME_EXCHANGE),
+        };
+        if f.noreplace && f.exchange {
+            reply.error(err(libc::EINVAL));
+            return;
+        }
+        let r = self.fs.rename(
+            &caller(req),
+            node_to_ino(parent),
+            name.as_bytes(),
+            node_to_ino(newparent),
+            newname.as_bytes(),
+            f,
+        );
+        reply_empty(reply, r);
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        // Every link of an inode is the same node; the reply carries the new nlink.
+        let r = self.fs.link(
+            &caller(req),
+            node_to_ino(ino),
+            node_to_ino(newparent),
+            newname.as_bytes(),
+        );
+        reply_entry(reply, r);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let ino = node_to_ino(ino);
+        match self.fs.open_inode(ino) {
+            Ok(_) => reply.opened(FileHandle(ino.0), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let mut buf = vec![0u8; size as usize];
+        match self.fs.read(node_to_ino(ino), offset, &mut buf) {
+            Ok(n) => reply.data(&buf[..n.min(buf.len())]),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.fs.write(&caller(req), node_to_ino(ino), offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Writes go straight to the filesystem; nothing is buffered per handle.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.fs.release(node_to_ino(ino)));
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.fs.fsync(node_to_ino(ino), datasync));
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.getattr(node_to_ino(ino)) {
+            Ok(a) if a.kind == FileKind::Directory => {
+                reply.opened(FileHandle(0), FopenFlags::empty())
+            }
+            Ok(_) => reply.error(err(libc::ENOTDIR)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let r = self.fs.readdir(node_to_ino(ino), offset, |e| {
+            let full = reply.add(
+                ino_to_node(e.ino),
+                e.next_cookie,
+                file_type(e.kind),
+                OsStr::from_bytes(&e.name),
+            );
+            !full
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let r = self.fs.readdir(node_to_ino(ino), offset, |e| {
+            // An entry removed since the listing started is skipped.
+            let Ok(a) = self.fs.getattr(e.ino) else {
+                return true;
+            };
+            let full = reply.add(
+                ino_to_node(e.ino),
+                e.next_cookie,
+                OsStr::from_bytes(&e.name),
+                &TTL,
+                &file_attr(&a),
+                Generation(a.generation),
+            );
+            !full
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.fs.sync());
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let s = self.fs.statfs();
+        reply.statfs(
+            s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
+        );
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if position != 0 {
+            reply.error(err(libc::EINVAL));
+            return;
+        }
+        let how = match flags {
+            0 => XattrSet::Any,
+            libc::XATTR_CREATE => XattrSet::Create,
+            libc::XATTR_REPLACE => XattrSet::Replace,
+            _ => {
+                reply.error(err(libc::EINVAL));
+                return;
+            }
+        };
+        let r = self
+            .fs
+            .setxattr(&caller(req), node_to_ino(ino), name.as_bytes(), value, how);
+        reply_empty(reply, r);
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self
+            .fs
+            .getxattr(&caller(req), node_to_ino(ino), name.as_bytes())
+        {
+            Ok(v) => reply_xattr(reply, size, &v),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.fs.listxattr(&caller(req), node_to_ino(ino)) {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(&n);
+                    buf.push(0);
+                }
+                reply_xattr(reply, size, &buf);
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(
+            reply,
+            self.fs
+                .removexattr(&caller(req), node_to_ino(ino), name.as_bytes()),
+        );
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let m = mask.bits() as u32 & 7;
+        reply_empty(reply, self.fs.access(&caller(req), node_to_ino(ino), m));
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let who = caller(req);
+        let parent = node_to_ino(parent);
+        let kind = if mode & S_IFMT == 0 {
+            S_IFREG
+        } else {
+            mode & S_IFMT
+        };
+        let mode = kind | (mode & 0o7777 & !umask);
+        let r = match self.fs.mknod(&who, parent, name.as_bytes(), mode, 0) {
+            // Someone else created it since the kernel's lookup: open theirs.
+            Err(FsError::Exists) if flags & libc::O_EXCL == 0 => {
+                self.fs.lookup(&who, parent, name.as_bytes())
+            }
+            r => r,
+        };
+        let r = r.and_then(|a| self.fs.open_inode(a.ino));
+        match r {
+            Ok(a) => reply.created(
+                &TTL,
+                &file_attr(&a),
+                Generation(a.generation),
+                FileHandle(a.ino.0),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let known =
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !known != 0 {
+            reply.error(err(libc::EOPNOTSUPP));
+            return;
+        }
+        let flags = FallocFlags {
+            keep_size: mode & libc::FALLOC_FL_KEEP_SIZE != 0,
+            punch_hole: mode & libc::FALLOC_FL_PUNCH_HOLE != 0,
+            zero_range: mode & libc::FALLOC_FL_ZERO_RANGE != 0,
+        };
+        reply_empty(
+            reply,
+            self.fs
+                .fallocate(&caller(req), node_to_ino(ino), offset, length, flags),
+        );
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let whence = match whence {
+            libc::SEEK_DATA => SeekWhence::Data,
+            libc::SEEK_HOLE => SeekWhence::Hole,
+            // SEEK_SET/CUR/END never reach the filesystem.
+            _ => {
+                reply.error(err(libc::EINVAL));
+                return;
+            }
+        };
+        if offset < 0 {
+            reply.error(err(libc::ENXIO));
+            return;
+        }
+        match self.fs.lseek(node_to_ino(ino), offset as u64, whence) {
+            Ok(o) => reply.offset(o as i64),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        req: &Request,
+        ino_in: INodeNo,
+        _fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        _fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        if !flags.is_empty() {
+            reply.error(err(libc::EINVAL));
+            return;
+        }
+        // A reply counts at most u32::MAX bytes; the caller loops for more.
+        let len = len.min(u64::from(u32::MAX) & !4095);
+        let r = self.fs.copy_file_range(
+            &caller(req),
+            node_to_ino(ino_in),
+            offset_in,
+            node_to_ino(ino_out),
+            offset_out,
+            len,
+        );
+        match r {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Mounting.
+
+/// Mount options understood by the daemon.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MountOpts {
+    pub read_only: bool,
+    pub allow_other: bool,
+    pub noatime: bool,
+    pub nodev: bool,
+    pub nosuid: bool,
+    pub noexec: bool,
+    /// `size=`: size of a new image.
+    pub size: Option<String>,
+    /// `remount`: change the flags of a live mount.
+    pub remount: bool,
+}
+
+/// Parses a `-o` list. Generic mount(8) options are accepted; the ones the
+/// kernel knows as flags (nodev, nosuid, noexec, ro, noatime) are applied.
+pub fn parse_mount_opts(list: &str) -> Result<MountOpts> {
+    // Like fusermount: nodev and nosuid unless asked otherwise.
+    let mut o = MountOpts {
+        nodev: true,
+        nosuid: true,
+        ..Default::default()
+    };
+    for opt in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match opt {
+            "ro" => o.read_only = true,
+            "remount" => o.remount = true,
+            "rw" => o.read_only = false,
+            "allow_other" => o.allow_other = true,
+            "noatime" => o.noatime = true,
+            "atime" | "relatime" | "strictatime" | "nodiratime" => o.noatime = false,
+            "dev" => o.nodev = false,
+            "nodev" => o.nodev = true,
+            "suid" => o.nosuid = false,
+            "nosuid" => o.nosuid = true,
+            "exec" => o.noexec = false,
+            "noexec" => o.noexec = true,
+            "default_permissions"
+            | "auto"
+            | "noauto"
+            | "user"
+            | "nouser"
+            | "users"
+            | "defaults"
+            | "_netdev"
+            | "nofail"
+            | "async" => {}
+            _ if opt.starts_with("size=") => o.size = Some(opt["size=".len()..].to_string()),
+            // mount(8) passes a live mount's FUSE options back on a remount.
+            _ if [
+                "user_id=",
+                "group_id=",
+                "rootmode=",
+                "max_read=",
+                "blksize=",
+                "fd=",
+            ]
+            .iter()
+            .any(|p| opt.starts_with(p)) => {}
+            // mount(8) and fstab pass these along; they mean nothing here.
+            _ if opt.starts_with("x-")
+                || opt.starts_with("comment=")
+                || opt.starts_with("fsname=")
+                || opt.starts_with("subtype=") => {}
+            _ => bail!("unknown mount option {opt:?}"),
+        }
+    }
+    Ok(o)
+}
+
+/// A mounted, initialized FUSE session, ready to run.
+pub struct Mounted {
+    session: Session<ArborFuse>,
+}
+
+impl Mounted {
+    /// Serves requests until the filesystem is unmounted.
+    pub fn run(self) -> Result<()> {
+        self.session.run().context("FUSE session failed")
+    }
+}
+
+fn dispatch_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 8)
+}
+
+/// Mounts `fs` on `mountpoint` as type `fuse.arborfs` with source `image`.
+/// As root this is a direct mount(2); otherwise fusermount3 does it.
+pub fn mount(fs: Arc<Fs>, image: &Path, mountpoint: &Path, o: &MountOpts) -> Result<Mounted> {
+    let mut config = Config::default();
+    config.n_threads = Some(dispatch_threads());
+    config.clone_fd = true;
+    let adapter = ArborFuse::new(fs);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let fd = mount_direct(image, mountpoint, o)?;
+        config.acl = SessionACL::All; // the kernel enforces allow_other itself
+        match Session::from_fd(adapter, fd, SessionACL::All, config) {
+            Ok(session) => Ok(Mounted { session }),
+            Err(e) => {
+                let _ = unmount(mountpoint, true);
+                Err(e).context("FUSE handshake failed")
+            }
+        }
+    } else {
+        let mut opts = vec![
+            MountOption::FSName(image.display().to_string()),
+            MountOption::Subtype(SUBTYPE.into()),
+            MountOption::DefaultPermissions,
+        ];
+        for (on, opt) in [
+            (o.read_only, MountOption::RO),
+            (o.noatime, MountOption::NoAtime),
+            (o.nodev, MountOption::NoDev),
+            (o.nosuid, MountOption::NoSuid),
+            (o.noexec, MountOption::NoExec),
+        ] {
+            if on {
+                opts.push(opt);
+            }
+        }
+        config.mount_options = opts;
+        config.acl = if o.allow_other {
+            SessionACL::All
+        } else {
+            SessionACL::Owner
+        };
+        let session = Session::new(adapter, mountpoint, &config).with_context(|| {
+            format!(
+                "cannot mount on {} (through fusermount3)",
+                mountpoint.display()
+            )
+        })?;
+        Ok(Mounted { session })
+    }
+}
+
+fn cstr(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).with_context(|| format!("NUL in path {}", p.display()))
+}
+
+/// Opens /dev/fuse and mounts it, returning the connection.
+fn mount_direct(image: &Path, mountpoint: &Path, o: &MountOpts) -> Result<OwnedFd> {
+    let dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .context("cannot open /dev/fuse (is the fuse module loaded?)")?;
+    // SAFETY: getuid/getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut data = format!(
+        "fd={},rootmode=40000,user_id={uid},group_id={gid},default_permissions",
+        dev.as_raw_fd()
+    );
+    if o.allow_other {
+        data.push_str(",allow_other");
+    }
+    let mut flags: libc::c_ulong = 0;
+    for (on, f) in [
+        (o.read_only, libc::MS_RDONLY),
+        (o.noatime, libc::MS_NOATIME),
+        (o.nodev, libc::MS_NODEV),
+        (o.nosuid, libc::MS_NOSUID),
+        (o.noexec, libc::MS_NOEXEC),
+    ] {
+        if on {
+            flags |= f;
+        }
+    }
+    let source = cstr(image)?;
+    let target = cstr(mountpoint)?;
+    let fstype = CString::new(format!("fuse.{SUBTYPE}")).expect("no NUL");
+    let data = CString::new(data).expect("no NUL");
+    // SAFETY: every pointer is a live NUL-terminated string owned above.
+    let r = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        bail!("mount({}) failed: {e}", mountpoint.display());
+    }
+    Ok(OwnedFd::from(dev))
+}
+
+/// Changes the flags of a live mount (`-o remount,...`), as root. FUSE
+/// takes a remount without the daemon; a read-only remount makes the
+/// kernel refuse writes with EROFS.
+pub fn remount(mountpoint: &Path, o: &MountOpts) -> Result<()> {
+    let target = cstr(mountpoint)?;
+    let mut flags = libc::MS_REMOUNT;
+    for (on, f) in [
+        (o.read_only, libc::MS_RDONLY),
+        (o.noatime, libc::MS_NOATIME),
+        (o.nodev, libc::MS_NODEV),
+        (o.nosuid, libc::MS_NOSUID),
+        (o.noexec, libc::MS_NOEXEC),
+    ] {
+        if on {
+            flags |= f;
+        }
+    }
+    // SAFETY: `target` is a live NUL-terminated string; the others are null,
+    // which a remount allows.
+    let r = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            target.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        bail!("remount of {} failed: {e}", mountpoint.display());
+    }
+    Ok(())
+}
+
+/// Why an unmount failed.
+#[derive(Debug)]
+pub enum UnmountError {
+    /// Files are still open (EBUSY).
+    Busy,
+    Other(anyhow::Error),
+}
+
+impl std::fmt::Display for UnmountError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UnmountError::Busy => write!(f, "target is busy"),
+            UnmountError::Other(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+/// Unmounts a FUSE mount: umount2(2) as root, `fusermount3 -u` otherwise.
+/// `lazy` detaches it even while files are open (the daemon then ends when
+/// the last one closes).
+pub fn unmount(mountpoint: &Path, lazy: bool) -> std::result::Result<(), UnmountError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let target = cstr(mountpoint).map_err(UnmountError::Other)?;
+        let flags = if lazy { libc::MNT_DETACH } else { 0 };
+        // SAFETY: `target` is a live NUL-terminated string.
+        let r = unsafe { libc::umount2(target.as_ptr(), flags) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EBUSY) => Err(UnmountError::Busy),
+            _ => Err(UnmountError::Other(anyhow::anyhow!(
+                "cannot unmount {}: {e}",
+                mountpoint.display()
+            ))),
+        };
+    }
+    let mut cmd = std::process::Command::new("fusermount3");
+    cmd.arg("-u");
+    if lazy {
+        cmd.arg("-z");
+    }
+    let out = cmd
+        .arg("--")
+        .arg(mountpoint)
+        .output()
+        .map_err(|e| UnmountError::Other(anyhow::anyhow!("cannot run fusermount3: {e}")))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if msg.contains("busy") {
+        Err(UnmountError::Busy)
+    } else {
+        Err(UnmountError::Other(anyhow::anyhow!(
+            "fusermount3 -u {}: {msg}",
+            mountpoint.display()
+        )))
+    }
+}
+
+/// The canonical form of a mount point path, as /proc/self/mountinfo shows it.
+pub fn canonical_mountpoint(p: &Path) -> Result<PathBuf> {
+    let c = p
+        .canonicalize()
+        .with_context(|| format!("mount point {}", p.display()))?;
+    if !c.is_dir() {
+        bail!("mount point {} is not a directory", p.display());
+    }
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_round_trip() {
+        assert_eq!(node_to_ino(INodeNo(1)), ROOT_INO);
+        assert_eq!(ino_to_node(ROOT_INO), INodeNo(1));
+        for n in [4097u64, 5000, u64::MAX] {
+            assert_eq!(node_to_ino(ino_to_node(InodeNo(n))), InodeNo(n));
+        }
+    }
+
+    #[test]
+    fn times_round_trip() {
+        for t in [
+            Timespec { sec: 0, nsec: 0 },
+            Timespec {
+                sec: 1_700_000_000,
+                nsec: 123_456_789,
+            },
+            Timespec { sec: -1, nsec: 500 },
+            Timespec {
+                sec: -86_400,
+                nsec: 0,
+            },
+        ] {
+            assert_eq!(to_timespec(to_system_time(t)), t);
+        }
+    }
+
+    #[test]
+    fn groups_parse() {
+        let s = "Name:\tsh\nUid:\t1\t1\t1\t1\nGroups:\t4 24 27 \nNgid:\t0\n";
+        assert_eq!(parse_groups(s), vec![4, 24, 27]);
+        assert_eq!(parse_groups("Groups:\t\n"), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn errno_covers_variants() {
+        assert_eq!(errno(&FsError::NotFound).code(), libc::ENOENT);
+        assert_eq!(errno(&FsError::ReadOnly).code(), libc::EROFS);
+        assert_eq!(errno(&FsError::NoAttr).code(), libc::ENODATA);
+        assert_eq!(errno(&FsError::NotSupported).code(), libc::EOPNOTSUPP);
+    }
+
+    #[test]
+    fn mount_options_parse() {
+        let o = parse_mount_opts("rw,nodev,noatime,allow_other,size=2G,defaults,_netdev").unwrap();
+        assert!(!o.read_only && o.noatime && o.allow_other && o.nodev && o.nosuid);
+        assert_eq!(o.size.as_deref(), Some("2G"));
+        let o = parse_mount_opts("ro,dev,suid,exec").unwrap();
+        assert!(o.read_only && !o.nodev && !o.nosuid && !o.noexec);
+        // What mount(8) hands the helper on `mount -o remount,ro MNT`.
+        let o = parse_mount_opts(
+            "ro,nosuid,nodev,noatime,remount,user_id=0,group_id=0,default_permissions",
+        )
+        .unwrap();
+        assert!(o.remount && o.read_only && o.noatime);
+        assert!(parse_mount_opts("bogus").is_err());
+    }
+}

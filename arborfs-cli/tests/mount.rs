@@ -1,0 +1,658 @@
+//! Mounts images for real through FUSE and checks what the kernel sees.
+//!
+//! Every wait has a timeout, and a watchdog kills the daemon of a test that
+//! runs too long (a dead daemon makes every stuck call fail with ENOTCONN),
+//! so a broken mount never hangs the run. Tests skip when /dev/fuse is not
+//! usable.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_arborfs");
+/// Longest a whole test may run before its daemon is killed.
+const TEST_DEADLINE: Duration = Duration::from_secs(120);
+const WAIT: Duration = Duration::from_secs(30);
+
+fn fuse_usable() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let ok = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok()
+        && (root
+            || Path::new("/usr/bin/fusermount3").exists()
+            || Path::new("/bin/fusermount3").exists());
+    if !ok {
+        eprintln!("skipping: /dev/fuse is not usable here");
+    }
+    ok
+}
+
+macro_rules! require_fuse {
+    () => {
+        if !fuse_usable() {
+            return;
+        }
+    };
+}
+
+struct Out {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs a command to completion, killing it after `timeout`.
+fn run_timeout(cmd: &mut Command, timeout: Duration) -> Out {
+    let dir = tempfile::tempdir().unwrap();
+    let (o, e) = (dir.path().join("out"), dir.path().join("err"));
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&o).unwrap())
+        .stderr(fs::File::create(&e).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let status = wait_child(&mut child, timeout).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{cmd:?} did not finish within {timeout:?}");
+    });
+    Out {
+        status,
+        stdout: fs::read_to_string(o).unwrap(),
+        stderr: fs::read_to_string(e).unwrap(),
+    }
+}
+
+fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn arborfs(args: &[&str]) -> Out {
+    run_timeout(Command::new(BIN).args(args), WAIT)
+}
+
+fn mount_entry(mnt: &Path) -> Option<String> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let m = mnt.to_str().unwrap();
+    text.lines()
+        .rev()
+        .find(|l| l.split(' ').nth(4) == Some(m))
+        .map(str::to_string)
+}
+
+fn is_mounted(mnt: &Path) -> bool {
+    mount_entry(mnt).is_some_and(|l| l.contains(" - fuse.arborfs "))
+}
+
+/// Pids of processes with `arg` on their command line (the daemons of one
+/// test's mount point, which is unique).
+fn pids_with_arg(arg: &Path) -> Vec<i32> {
+    let mut v = Vec::new();
+    let me = std::process::id() as i32;
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        if let Ok(cmd) = fs::read(e.path().join("cmdline"))
+            && cmd
+                .split(|&b| b == 0)
+                .any(|a| a == arg.as_os_str().as_bytes())
+        {
+            v.push(pid);
+        }
+    }
+    v
+}
+
+fn kill_daemons(mnt: &Path) {
+    for pid in pids_with_arg(mnt) {
+        // SAFETY: sending a signal has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let _ = Command::new("umount")
+        .arg("-l")
+        .arg(mnt)
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// One image and mount point in a temporary directory; unmounts (and, if
+/// need be, kills the daemon) on drop.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    image: PathBuf,
+    mnt: PathBuf,
+    /// The `-f` daemon, when mounted in the foreground.
+    child: Option<Child>,
+    watchdog: Option<mpsc::Sender<()>>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("img");
+        let mnt = dir.path().join("mnt");
+        fs::create_dir(&mnt).unwrap();
+        let mnt = mnt.canonicalize().unwrap();
+        let (tx, rx) = mpsc::channel::<()>();
+        let m = mnt.clone();
+        std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(TEST_DEADLINE) {
+                eprintln!(
+                    "watchdog: test ran over {TEST_DEADLINE:?}; killing the daemon of {}",
+                    m.display()
+                );
+                kill_daemons(&m);
+            }
+        });
+        Fixture {
+            _dir: dir,
+            image,
+            mnt,
+            child: None,
+            watchdog: Some(tx),
+        }
+    }
+
+    fn image(&self) -> &str {
+        self.image.to_str().unwrap()
+    }
+
+    fn mnt(&self) -> &str {
+        self.mnt.to_str().unwrap()
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// Mounts in the foreground (`-f`) as a child process; waits until the
+    /// mount is live.
+    fn mount_fg(&mut self, opts: &str) {
+        assert!(self.child.is_none());
+        let mut child = Command::new(BIN)
+            .args(["mount", "-f", "-o", opts, self.image(), self.mnt()])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        while !is_mounted(&self.mnt) {
+            if let Some(s) = child.try_wait().unwrap() {
+                panic!("arborfs mount -f exited with {s} before the mount was live");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("mount did not appear within {WAIT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(child);
+    }
+
+    /// Mounts as a daemon; returns when `arborfs mount` has exited.
+    fn mount_daemon(&self, opts: &str) -> Out {
+        arborfs(&["mount", "-o", opts, self.image(), self.mnt()])
+    }
+
+    /// `arborfs umount`, then the foreground daemon (if any) must exit 0.
+    fn umount(&mut self) {
+        let out = arborfs(&["umount", self.mnt()]);
+        assert!(
+            out.status.success(),
+            "arborfs umount failed: {}",
+            out.stderr
+        );
+        assert!(!is_mounted(&self.mnt));
+        self.reap_child();
+    }
+
+    fn reap_child(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let s = wait_child(&mut c, WAIT).unwrap_or_else(|| {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("daemon did not exit within {WAIT:?} after the unmount");
+            });
+            assert!(s.success(), "daemon exited with {s}");
+        }
+    }
+
+    fn assert_clean(&self) {
+        let out = arborfs(&["show-super", "--json", self.image()]);
+        assert!(out.status.success(), "{}", out.stderr);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(
+            v["clean"],
+            serde_json::Value::Bool(true),
+            "image not clean after unmount"
+        );
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if is_mounted(&self.mnt) {
+            let _ = run_timeout(
+                Command::new("umount").arg(&self.mnt),
+                Duration::from_secs(10),
+            );
+        }
+        if let Some(mut c) = self.child.take()
+            && wait_child(&mut c, Duration::from_secs(10)).is_none()
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if is_mounted(&self.mnt) || !pids_with_arg(&self.mnt).is_empty() {
+            kill_daemons(&self.mnt);
+        }
+        drop(self.watchdog.take());
+    }
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+fn mkfifo(p: &Path) {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c` is a live NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o640) },
+        0,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+}
+
+fn statvfs(p: &Path) -> libc::statvfs {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: statvfs fills the zeroed struct; `c` is live.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    st
+}
+
+/// What a tree looks like, for comparing before and after a remount.
+fn snapshot(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for name in names(&d) {
+            let p = d.join(&name);
+            let m = fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let ft = m.file_type();
+            let what = if ft.is_dir() {
+                stack.push(p.clone());
+                "dir".to_string()
+            } else if ft.is_symlink() {
+                format!("link->{}", fs::read_link(&p).unwrap().display())
+            } else if ft.is_fifo() {
+                "fifo".to_string()
+            } else {
+                format!("file size {}", m.len())
+            };
+            out.push(format!(
+                "{rel} {what} mode {:o} nlink {} ino {}",
+                m.mode(),
+                m.nlink(),
+                m.ino()
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn namespace_operations_survive_a_remount() {
+    require_fuse!();
+    let mut f = Fixture::new();
+    f.mount_fg("size=128M");
+    let entry = mount_entry(&f.mnt).unwrap();
+    assert!(
+        entry.contains(&format!(
+            " - fuse.arborfs {} ",
+            f.image.canonicalize().unwrap().display()
+        )),
+        "{entry}"
+    );
+
+    fs::create_dir(f.p("d")).unwrap();
+    fs::create_dir(f.p("d/sub")).unwrap();
+    drop(fs::File::create(f.p("d/file")).unwrap());
+    std::os::unix::fs::symlink("file", f.p("d/link")).unwrap();
+    std::os::unix::fs::symlink("/a/very/long/target/".repeat(20), f.p("long")).unwrap();
+    mkfifo(&f.p("d/fifo"));
+    for i in 0..200 {
+        drop(fs::File::create(f.p(&format!("d/sub/n{i:03}"))).unwrap());
+    }
+
+    assert_eq!(names(&f.p("d")), ["fifo", "file", "link", "sub"]);
+    assert_eq!(names(&f.p("d/sub")).len(), 200);
+    assert_eq!(fs::read_link(f.p("d/link")).unwrap(), Path::new("file"));
+    assert!(
+        fs::symlink_metadata(f.p("d/fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    let d = fs::metadata(f.p("d")).unwrap();
+    assert!(d.is_dir());
+    assert_eq!(d.nlink(), 3);
+    assert_eq!(
+        fs::metadata(f.p("d/file")).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    assert_eq!(fs::metadata(f.p("d/file")).unwrap().len(), 0);
+    assert_eq!(fs::metadata(&f.mnt).unwrap().nlink(), 3);
+
+    // Errors come back as the right errno.
+    assert_eq!(
+        fs::create_dir(f.p("d")).unwrap_err().kind(),
+        std::io::ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        fs::remove_dir(f.p("d")).unwrap_err().raw_os_error(),
+        Some(libc::ENOTEMPTY)
+    );
+    assert_eq!(
+        fs::remove_file(f.p("d/sub")).unwrap_err().raw_os_error(),
+        Some(libc::EISDIR)
+    );
+    assert_eq!(
+        fs::metadata(f.p("nope")).unwrap_err().raw_os_error(),
+        Some(libc::ENOENT)
+    );
+    let long = "x".repeat(256);
+    assert_eq!(
+        fs::create_dir(f.p(&long)).unwrap_err().raw_os_error(),
+        Some(libc::ENAMETOOLONG)
+    );
+
+    for i in (0..200).step_by(2) {
+        fs::remove_file(f.p(&format!("d/sub/n{i:03}"))).unwrap();
+    }
+    assert_eq!(names(&f.p("d/sub")).len(), 100);
+
+    let st = statvfs(&f.mnt);
+    assert!(
+        st.f_blocks > 0 && st.f_bfree > 0 && st.f_bfree <= st.f_blocks,
+        "statfs: {} {}",
+        st.f_blocks,
+        st.f_bfree
+    );
+    assert_eq!(st.f_namemax, 255);
+
+    let usage = arborfs(&["usage", "--json", f.mnt()]);
+    assert!(usage.status.success(), "{}", usage.stderr);
+    let u: serde_json::Value = serde_json::from_str(&usage.stdout).unwrap();
+    assert!(u["capacity_bytes"].as_u64().unwrap() > 100 << 20);
+    assert!(u["free_bytes"].as_u64().unwrap() <= u["capacity_bytes"].as_u64().unwrap());
+
+    let before = snapshot(&f.mnt);
+    f.umount();
+    f.assert_clean();
+    let usage = arborfs(&["usage", "--json", f.image()]);
+    assert!(usage.status.success(), "{}", usage.stderr);
+    let u: serde_json::Value = serde_json::from_str(&usage.stdout).unwrap();
+    assert!(u["metadata_bytes"].as_u64().unwrap() > 0);
+
+    f.mount_fg("");
+    assert_eq!(snapshot(&f.mnt), before);
+    fs::remove_file(f.p("d/link")).unwrap();
+    fs::remove_file(f.p("d/fifo")).unwrap();
+    fs::remove_file(f.p("d/file")).unwrap();
+    for i in (1..200).step_by(2) {
+        fs::remove_file(f.p(&format!("d/sub/n{i:03}"))).unwrap();
+    }
+    fs::remove_dir(f.p("d/sub")).unwrap();
+    fs::remove_dir(f.p("d")).unwrap();
+    assert_eq!(names(&f.mnt), ["long"]);
+    f.umount();
+    f.assert_clean();
+}
+
+#[test]
+fn daemon_mount_then_arborfs_umount_leaves_a_clean_image() {
+    require_fuse!();
+    let mut f = Fixture::new();
+    let out = f.mount_daemon("size=64M,noatime");
+    assert!(out.status.success(), "mount failed: {}", out.stderr);
+    // The parent returns only once the mount is live.
+    assert!(is_mounted(&f.mnt));
+    fs::create_dir(f.p("x")).unwrap();
+    f.umount();
+    f.assert_clean();
+    assert!(pids_with_arg(&f.mnt).is_empty(), "daemon still running");
+}
+
+#[test]
+fn plain_umount_ends_the_daemon_with_a_clean_image() {
+    require_fuse!();
+    let mut f = Fixture::new();
+    f.mount_fg("size=64M");
+    fs::create_dir(f.p("y")).unwrap();
+    let out = run_timeout(Command::new("umount").arg(&f.mnt), WAIT);
+    assert!(out.status.success(), "umount: {}", out.stderr);
+    f.reap_child();
+    f.assert_clean();
+}
+
+#[test]
+fn sigterm_unmounts_cleanly() {
+    require_fuse!();
+    let mut f = Fixture::new();
+    f.mount_fg("size=64M");
+    fs::create_dir(f.p("z")).unwrap();
+    let pid = f.child.as_ref().unwrap().id() as i32;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    f.reap_child();
+    assert!(!is_mounted(&f.mnt));
+    f.assert_clean();
+}
+
+#[test]
+fn read_only_remount_refuses_writes() {
+    require_fuse!();
+    let mut f = Fixture::new();
+    f.mount_fg("size=64M");
+    fs::create_dir(f.p("before")).unwrap();
+    let out = arborfs(&["mount", "-o", "remount,ro", f.image(), f.mnt()]);
+    assert!(out.status.success(), "remount: {}", out.stderr);
+    assert_eq!(
+        fs::create_dir(f.p("after")).unwrap_err().raw_os_error(),
+        Some(libc::EROFS)
+    );
+    assert!(f.p("before").is_dir());
+    f.umount();
+    f.assert_clean();
+
+    // A read-only mount from the start.
+    f.mount_fg("ro");
+    assert!(f.p("before").is_dir());
+    assert_eq!(
+        fs::create_dir(f.p("after")).unwrap_err().raw_os_error(),
+        Some(libc::EROFS)
+    );
+    f.umount();
+    f.assert_clean();
+}
+
+#[test]
+fn garbage_image_fails_with_a_clear_message() {
+    require_fuse!();
+    let f = Fixture::new();
+    let mut junk = vec![0u8; 8 << 20];
+    let mut x = 0x9e3779b97f4a7c15u64;
+    for b in junk.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    fs::write(&f.image, &junk).unwrap();
+    let out = f.mount_daemon("");
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("cannot open the filesystem"),
+        "unclear error: {}",
+        out.stderr
+    );
+    assert!(!is_mounted(&f.mnt));
+    // In the foreground too.
+    let out = arborfs(&["mount", "-f", f.image(), f.mnt()]);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("cannot open the filesystem"),
+        "unclear error: {}",
+        out.stderr
+    );
+    assert_eq!(
+        fs::read(&f.image).unwrap(),
+        junk,
+        "a failed mount changed the image"
+    );
+}
+
+#[test]
+fn truncated_image_fails_with_a_clear_message() {
+    require_fuse!();
+    let f = Fixture::new();
+    let out = arborfs(&["format", "--size", "64M", f.image()]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let file = fs::OpenOptions::new().write(true).open(&f.image).unwrap();
+    file.set_len(1 << 20).unwrap();
+    drop(file);
+    let out = f.mount_daemon("");
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("cannot open the filesystem"),
+        "unclear error: {}",
+        out.stderr
+    );
+    assert!(!is_mounted(&f.mnt));
+}
+
+#[test]
+fn mkfs_and_fsck_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let mkfs = dir.path().join("mkfs.arborfs");
+    let fsck = dir.path().join("fsck.arborfs");
+    std::os::unix::fs::symlink(BIN, &mkfs).unwrap();
+    std::os::unix::fs::symlink(BIN, &fsck).unwrap();
+    let img = dir.path().join("img");
+    let out = run_timeout(Command::new(&mkfs).arg("--size").arg("64M").arg(&img), WAIT);
+    assert!(out.status.success(), "{}", out.stderr);
+    let out = arborfs(&["show-super", img.to_str().unwrap()]);
+    assert!(out.stdout.contains("clean"), "{}", out.stdout);
+    let out = run_timeout(Command::new(&fsck).arg("-n").arg(&img), WAIT);
+    assert_eq!(out.status.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("clean"), "{}", out.stdout);
+    // A garbage file is an operational error (8), not a panic.
+    let junk = dir.path().join("junk");
+    std::fs::write(&junk, vec![0x5au8; 1 << 20]).unwrap();
+    let out = run_timeout(Command::new(&fsck).arg("-n").arg(&junk), WAIT);
+    assert_eq!(out.status.code(), Some(8), "{}", out.stderr);
+    assert!(out.stderr.contains("cannot open"), "{}", out.stderr);
+}
+
+#[test]
+fn files_links_xattrs_and_renames_survive_a_remount() {
+    require_fuse!();
+    let mut f = Fixture::new();
+    f.mount_fg("size=128M");
+
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i * 7 + i / 4096) as u8)
+        .collect();
+    fs::write(f.p("big"), &data).unwrap();
+    assert_eq!(fs::read(f.p("big")).unwrap(), data);
+    fs::write(f.p("small"), b"hello").unwrap();
+
+    fs::hard_link(f.p("small"), f.p("small2")).unwrap();
+    let (a, b) = (
+        fs::metadata(f.p("small")).unwrap(),
+        fs::metadata(f.p("small2")).unwrap(),
+    );
+    assert_eq!(a.ino(), b.ino());
+    assert_eq!(a.nlink(), 2);
+
+    fs::rename(f.p("small2"), f.p("moved")).unwrap();
+    assert!(!f.p("small2").exists());
+    assert_eq!(fs::read(f.p("moved")).unwrap(), b"hello");
+    assert_eq!(fs::metadata(f.p("moved")).unwrap().nlink(), 2);
+
+    let path = CString::new(f.p("small").as_os_str().as_bytes()).unwrap();
+    let name = CString::new("user.colour").unwrap();
+    // SAFETY: live C strings and buffers with their true lengths.
+    unsafe {
+        assert_eq!(
+            libc::setxattr(path.as_ptr(), name.as_ptr(), b"blue".as_ptr().cast(), 4, 0),
+            0
+        );
+        assert_eq!(
+            libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0),
+            4
+        );
+        let mut small = [0u8; 2];
+        assert_eq!(
+            libc::getxattr(path.as_ptr(), name.as_ptr(), small.as_mut_ptr().cast(), 2),
+            -1
+        );
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ERANGE)
+        );
+        let mut list = [0u8; 64];
+        let n = libc::listxattr(path.as_ptr(), list.as_mut_ptr().cast(), list.len());
+        assert_eq!(&list[..n as usize], b"user.colour\0");
+    }
+
+    let file = fs::OpenOptions::new().write(true).open(f.p("big")).unwrap();
+    file.set_len(1000).unwrap();
+    drop(file);
+    fs::set_permissions(f.p("small"), fs::Permissions::from_mode(0o600)).unwrap();
+
+    let before = snapshot(&f.mnt);
+    f.umount();
+    f.assert_clean();
+    f.mount_fg("");
+    assert_eq!(snapshot(&f.mnt), before);
+    assert_eq!(fs::read(f.p("big")).unwrap(), &data[..1000]);
+    let mut v = [0u8; 16];
+    // SAFETY: as above.
+    let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
+    assert_eq!(&v[..n as usize], b"blue");
+    f.umount();
+    f.assert_clean();
+}
