@@ -878,10 +878,16 @@ pub struct MountOpts {
 /// Parses a `-o` list. Generic mount(8) options are accepted; the ones the
 /// kernel knows as flags (nodev, nosuid, noexec, ro, noatime) are applied.
 pub fn parse_mount_opts(list: &str) -> Result<MountOpts> {
-    // Like fusermount: nodev and nosuid unless asked otherwise.
+    // Mounted by root, it behaves like a kernel filesystem: every user may
+    // use it (the kernel checks permissions: default_permissions), and
+    // devices and setuid work unless nodev/nosuid say otherwise. Mounted by
+    // another user, fusermount's rules apply: only that user, nodev, nosuid.
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
     let mut o = MountOpts {
-        nodev: true,
-        nosuid: true,
+        nodev: !root,
+        nosuid: !root,
+        allow_other: root,
         ..Default::default()
     };
     for opt in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -890,6 +896,7 @@ pub fn parse_mount_opts(list: &str) -> Result<MountOpts> {
             "remount" => o.remount = true,
             "rw" => o.read_only = false,
             "allow_other" => o.allow_other = true,
+            "noallow_other" => o.allow_other = false,
             "noatime" => o.noatime = true,
             "atime" | "relatime" | "strictatime" | "nodiratime" => o.noatime = false,
             "dev" => o.nodev = false,
@@ -1211,7 +1218,7 @@ mod tests {
     #[test]
     fn mount_options_parse() {
         let o = parse_mount_opts("rw,nodev,noatime,allow_other,size=2G,defaults,_netdev").unwrap();
-        assert!(!o.read_only && o.noatime && o.allow_other && o.nodev && o.nosuid);
+        assert!(!o.read_only && o.noatime && o.allow_other && o.nodev);
         assert_eq!(o.size.as_deref(), Some("2G"));
         let o = parse_mount_opts("ro,dev,suid,exec").unwrap();
         assert!(o.read_only && !o.nodev && !o.nosuid && !o.noexec);

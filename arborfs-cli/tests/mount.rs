@@ -39,6 +39,8 @@ fn fuse_usable() -> bool {
 macro_rules! require_fuse {
     () => {
         if !fuse_usable() {
+            // CI installs and can use FUSE: there a missing FUSE is a failure.
+            assert!(std::env::var_os("CI").is_none(), "FUSE is not usable on CI");
             return;
         }
     };
@@ -653,6 +655,62 @@ fn files_links_xattrs_and_renames_survive_a_remount() {
     // SAFETY: as above.
     let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
     assert_eq!(&v[..n as usize], b"blue");
+    f.umount();
+    f.assert_clean();
+}
+
+/// The pjdfstest POSIX suite (driven by the shared script, with its
+/// read-only-remount and cross-filesystem passes) on a real mount: no test
+/// may fail.
+#[test]
+fn pjdfstest_passes_with_no_failures() {
+    require_fuse!();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/run-pjdfstest.sh");
+    let have_bin = Command::new("sh")
+        .args([
+            "-c",
+            "command -v pjdfstest || test -x $HOME/.cargo/bin/pjdfstest",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !script.exists() || !have_bin {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide pjdfstest and {}",
+            script.display()
+        );
+        eprintln!("skipping: pjdfstest or {} missing", script.display());
+        return;
+    }
+    let mut f = Fixture::new();
+    f.mount_fg("size=512M");
+    let other = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let out = run_timeout(
+        Command::new("bash")
+            .arg(&script)
+            .args(["-r", "-s"])
+            .arg(other.path())
+            .arg("-o")
+            .arg(logs.path())
+            .arg(f.mnt()),
+        Duration::from_secs(100),
+    );
+    println!("{}", out.stdout);
+    let summary = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("pjdfstest: "))
+        .unwrap_or_else(|| panic!("no summary from pjdfstest: {}{}", out.stdout, out.stderr));
+    let nums: Vec<u64> = summary
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let (passed, failed) = (nums[0], nums[1]);
+    assert_eq!(failed, 0, "pjdfstest failures:\n{}", out.stdout);
+    // 398 cases; only link_count_max is skipped over FUSE (pathconf reports
+    // glibc's default LINK_MAX of 127 for FUSE, so the suite cannot size it).
+    assert!(passed >= 397, "only {passed} passed: {summary}");
     f.umount();
     f.assert_clean();
 }
