@@ -714,3 +714,267 @@ fn pjdfstest_passes_with_no_failures() {
     f.umount();
     f.assert_clean();
 }
+
+/// Everything `stat`, `getfattr` and `read` say about a tree, with data hashed.
+fn deep_snapshot(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for name in names(&d) {
+            let p = d.join(&name);
+            let m = fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let ft = m.file_type();
+            let what = if ft.is_dir() {
+                stack.push(p.clone());
+                "dir".to_string()
+            } else if ft.is_symlink() {
+                format!("link->{}", fs::read_link(&p).unwrap().display())
+            } else if ft.is_file() {
+                let data = fs::read(&p).unwrap();
+                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+                for b in &data {
+                    h = (h ^ *b as u64).wrapping_mul(0x100_0000_01b3);
+                }
+                format!("file size {} blocks {} fnv {h:x}", m.len(), m.blocks())
+            } else {
+                "other".to_string()
+            };
+            let xattrs = if ft.is_symlink() {
+                String::new()
+            } else {
+                let o = Command::new("getfattr")
+                    .args(["-d", "--absolute-names", "-m", "-"])
+                    .arg(&p)
+                    .output();
+                o.map(|o| String::from_utf8_lossy(&o.stdout).replace(p.to_str().unwrap(), ""))
+                    .unwrap_or_default()
+            };
+            out.push(format!(
+                "{rel} {what} mode {:o} uid {} gid {} nlink {} mtime {}.{} xattrs [{}]",
+                m.mode(),
+                m.uid(),
+                m.gid(),
+                m.nlink(),
+                m.mtime(),
+                m.mtime_nsec(),
+                xattrs.trim()
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8)
+        .collect()
+}
+
+/// A tree of files from 0 B to 64 MiB, sparse files, symlinks, hard links,
+/// xattrs, modes and times: identical after unmount and remount, and fsck
+/// finds nothing.
+#[test]
+fn tree_of_many_sizes_and_attributes_survives_a_remount() {
+    require_fuse!();
+    let mut f = Fixture::new();
+    f.mount_fg("size=512M");
+    fs::create_dir(f.p("d")).unwrap();
+    fs::create_dir(f.p("d/sub")).unwrap();
+    for (i, len) in [
+        0usize,
+        1,
+        511,
+        4095,
+        4096,
+        4097,
+        65_537,
+        131_071,
+        131_073,
+        1_048_579,
+        64 << 20,
+    ]
+    .iter()
+    .enumerate()
+    {
+        fs::write(f.p(&format!("d/f{i}")), pattern(*len, i as u32)).unwrap();
+    }
+    // Sparse: data at both ends of 100 MiB.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut s = fs::File::create(f.p("sparse")).unwrap();
+        s.write_all(b"head").unwrap();
+        s.seek(SeekFrom::Start(100 << 20)).unwrap();
+        s.write_all(b"tail").unwrap();
+    }
+    std::os::unix::fs::symlink("d/f3", f.p("link")).unwrap();
+    std::os::unix::fs::symlink("/nowhere/at/all", f.p("dangling")).unwrap();
+    fs::hard_link(f.p("d/f5"), f.p("d/sub/f5-again")).unwrap();
+    fs::set_permissions(f.p("d/f1"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(f.p("d/f2"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::set_permissions(f.p("d/sub"), fs::Permissions::from_mode(0o1777)).unwrap();
+    std::os::unix::fs::chown(f.p("d/f4"), Some(1234), Some(5678)).unwrap();
+    let t = std::time::UNIX_EPOCH + Duration::new(1_234_567_890, 123_456_789);
+    fs::File::options()
+        .write(true)
+        .open(f.p("d/f6"))
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+    let ok = Command::new("setfattr")
+        .args(["-n", "user.color", "-v", "blue"])
+        .arg(f.p("d/f7"))
+        .status();
+    let have_attr_tools = ok.is_ok_and(|s| s.success());
+    if have_attr_tools {
+        assert!(
+            Command::new("setfattr")
+                .args(["-n", "user.big", "-v"])
+                .arg(format!("0x{}", "ab".repeat(3000)))
+                .arg(f.p("d"))
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    let before = deep_snapshot(&f.mnt);
+    assert!(
+        before
+            .iter()
+            .any(|l| l.starts_with("sparse file size 104857604 blocks 16 ")),
+        "sparse file not sparse: {before:?}"
+    );
+    f.umount();
+    f.assert_clean();
+    f.mount_fg("");
+    let after = deep_snapshot(&f.mnt);
+    assert_eq!(before, after);
+    if have_attr_tools {
+        assert!(
+            after.iter().any(|l| l.contains("user.color=\"blue\"")),
+            "{after:?}"
+        );
+    }
+    f.umount();
+    let out = arborfs(&["fsck", "-n", f.image()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "fsck: {}{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
+/// fsync, then kill -9 the daemon: after a remount every fsynced file and
+/// name is there and fsck is clean.
+#[test]
+fn kill_9_keeps_everything_fsynced() {
+    require_fuse!();
+    let mut f = Fixture::new();
+    f.mount_fg("size=256M");
+    let mut expect = Vec::new();
+    for i in 0..20u32 {
+        let p = f.p(&format!("synced{i}"));
+        let data = pattern(1000 + i as usize * 7919, i);
+        let mut h = fs::File::create(&p).unwrap();
+        std::io::Write::write_all(&mut h, &data).unwrap();
+        h.sync_all().unwrap();
+        expect.push((p, data));
+    }
+    fs::rename(f.p("synced0"), f.p("renamed0")).unwrap();
+    fs::File::open(f.p(".")).unwrap().sync_all().unwrap();
+    expect[0].0 = f.p("renamed0");
+    // Unsynced work that may or may not survive.
+    fs::write(f.p("maybe"), b"not synced").unwrap();
+    let mut child = f.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The dead mount must be detached before mounting again.
+    let _ = run_timeout(Command::new("umount").arg("-l").arg(&f.mnt), WAIT);
+    assert!(!is_mounted(&f.mnt));
+    f.mount_fg("");
+    for (p, data) in &expect {
+        assert_eq!(
+            &fs::read(p).unwrap(),
+            data,
+            "{} lost after kill -9",
+            p.display()
+        );
+    }
+    assert!(!f.p("synced0").exists());
+    f.umount();
+    let out = arborfs(&["fsck", "-n", f.image()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "fsck after kill -9: {}{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
+/// A flipped byte in one file's stored data: reading that file fails with
+/// EIO, other files still read, the mount stays up.
+#[test]
+fn flipped_data_byte_reads_as_eio() {
+    require_fuse!();
+    let mut f = Fixture::new();
+    f.mount_fg("size=128M");
+    let a = pattern(300_000, 1);
+    let b = pattern(300_000, 2);
+    fs::write(f.p("a"), &a).unwrap();
+    fs::write(f.p("b"), &b).unwrap();
+    f.umount();
+    let mut img = fs::read(&f.image).unwrap();
+    let at = img
+        .windows(64)
+        .position(|w| w == &a[8192..8256])
+        .expect("data of a on disk");
+    img[at + 5] ^= 0x01;
+    fs::write(&f.image, &img).unwrap();
+    f.mount_fg("");
+    let err = fs::read(f.p("a")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert_eq!(fs::read(f.p("b")).unwrap(), b);
+    assert!(is_mounted(&f.mnt));
+    f.umount();
+}
+
+/// The daemon's memory stays bounded: 200 000 files and 2 GiB of data with
+/// the default cache leave its peak RSS under 400 MiB.
+#[test]
+fn daemon_memory_stays_bounded() {
+    require_fuse!();
+    let mut f = Fixture::new();
+    f.mount_fg("size=6G");
+    let pid = f.child.as_ref().unwrap().id();
+    for d in 0..200 {
+        let dir = f.p(&format!("d{d}"));
+        fs::create_dir(&dir).unwrap();
+        for i in 0..1000 {
+            fs::File::create(dir.join(format!("f{i}"))).unwrap();
+        }
+    }
+    let chunk = pattern(1 << 20, 9);
+    {
+        use std::io::Write;
+        let mut big = fs::File::create(f.p("big")).unwrap();
+        for _ in 0..2048 {
+            big.write_all(&chunk).unwrap();
+        }
+        big.sync_all().unwrap();
+    }
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hwm_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    println!("daemon peak RSS: {} MiB", hwm_kb / 1024);
+    assert!(hwm_kb < 400 * 1024, "daemon peak RSS {} MiB", hwm_kb / 1024);
+    assert_eq!(fs::read_dir(f.p("d199")).unwrap().count(), 1000);
+    f.umount();
+}
