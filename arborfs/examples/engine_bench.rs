@@ -100,9 +100,11 @@ fn main() {
     let e = fresh(&image, arborfs::engine::DEFAULT_CACHE_BYTES);
     let ops = insert_all(&e, n);
     println!("{{\"op\":\"insert\",\"keys\":{n},\"ops_per_s\":{ops:.0}}}");
+    let lookup_repeat: u64 =
+        arg("--lookup-repeat").map_or(1, |s| s.parse().expect("--lookup-repeat N"));
 
     let mut rng = Rng(7);
-    let lookups = n.max(1_000_000);
+    let lookups = n.max(1_000_000) * lookup_repeat;
     let t = Instant::now();
     for _ in 0..lookups {
         let i = rng.next() % n;

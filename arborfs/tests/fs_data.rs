@@ -231,11 +231,21 @@ fn directory_of_100k_entries() {
     let me = Caller::root();
     let d = fs.mkdir(&me, ROOT_INO, b"big", 0o755).unwrap().ino;
     for i in 0..100_000u32 {
-        fs.mknod(&me, d, format!("entry-{i:06}").as_bytes(), S_IFREG | 0o644, 0).unwrap();
+        fs.mknod(
+            &me,
+            d,
+            format!("entry-{i:06}").as_bytes(),
+            S_IFREG | 0o644,
+            0,
+        )
+        .unwrap();
     }
     fs.close().unwrap();
     let fs = reopen(&dev);
-    assert_eq!(fs.lookup(&me, d, b"entry-054321").unwrap().kind, arborfs::fs::FileKind::Regular);
+    assert_eq!(
+        fs.lookup(&me, d, b"entry-054321").unwrap().kind,
+        arborfs::fs::FileKind::Regular
+    );
     // List in batches, deleting every tenth entry seen after each batch.
     let mut seen = std::collections::HashSet::new();
     let mut cookie = 0;
@@ -252,10 +262,18 @@ fn directory_of_100k_entries() {
         cookie = batch.last().unwrap().next_cookie;
         for e in &batch {
             if e.name != b"." && e.name != b".." {
-                assert!(seen.insert(e.name.clone()), "{:?} listed twice", String::from_utf8_lossy(&e.name));
+                assert!(
+                    seen.insert(e.name.clone()),
+                    "{:?} listed twice",
+                    String::from_utf8_lossy(&e.name)
+                );
             }
         }
-        for e in batch.iter().step_by(10).filter(|e| e.name.starts_with(b"entry-")) {
+        for e in batch
+            .iter()
+            .step_by(10)
+            .filter(|e| e.name.starts_with(b"entry-"))
+        {
             fs.unlink(&me, d, &e.name).unwrap();
         }
     }

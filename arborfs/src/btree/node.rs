@@ -19,12 +19,66 @@ use crate::error::{Error, Result, Structure};
 use crate::key::key_format::{decode_key, encode_parts, encoded_len};
 use crate::key::{BtreeId, Key, KeyType, Pos};
 
+/// Values up to this many bytes live inside the node's map entry.
+const INLINE_VALUE: usize = 24;
+
+/// A value's bytes: small ones (child pointers, alloc keys, most test and
+/// counter values) inline, so reading or scanning them touches no other
+/// memory and storing them allocates nothing; larger ones on the heap.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ValBytes {
+    Inline { len: u8, buf: [u8; INLINE_VALUE] },
+    Heap(Box<[u8]>),
+}
+
+impl ValBytes {
+    pub fn new(b: &[u8]) -> ValBytes {
+        if b.len() <= INLINE_VALUE {
+            let mut buf = [0u8; INLINE_VALUE];
+            buf[..b.len()].copy_from_slice(b);
+            ValBytes::Inline {
+                len: b.len() as u8,
+                buf,
+            }
+        } else {
+            ValBytes::Heap(b.into())
+        }
+    }
+}
+
+impl std::ops::Deref for ValBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            ValBytes::Inline { len, buf } => &buf[..*len as usize],
+            ValBytes::Heap(b) => b,
+        }
+    }
+}
+
+impl std::fmt::Debug for ValBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl From<Vec<u8>> for ValBytes {
+    fn from(v: Vec<u8>) -> ValBytes {
+        if v.len() <= INLINE_VALUE {
+            ValBytes::new(&v)
+        } else {
+            ValBytes::Heap(v.into_boxed_slice())
+        }
+    }
+}
+
 /// The value part of a key held in a node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Val {
     pub size: u32,
     pub ty: KeyType,
-    pub value: Box<[u8]>,
+    pub value: ValBytes,
 }
 
 impl Val {
@@ -32,7 +86,7 @@ impl Val {
         Val {
             size: key.size,
             ty: key.ty,
-            value: key.value.clone().into_boxed_slice(),
+            value: ValBytes::new(&key.value),
         }
     }
 

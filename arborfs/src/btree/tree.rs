@@ -212,7 +212,7 @@ fn ptr_val(ptr: BtreePtr) -> Val {
     Val {
         size: 0,
         ty: KeyType::BtreePtr,
-        value: ptr.encode().to_vec().into_boxed_slice(),
+        value: super::node::ValBytes::new(&ptr.encode()),
     }
 }
 
