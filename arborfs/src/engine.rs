@@ -59,6 +59,10 @@ pub struct EngineStats {
     pub cache_bytes: usize,
     pub journal_entries_replayed: usize,
     pub journal_keys_replayed: usize,
+    /// Copygc passes that had victims, buckets they freed, sectors moved.
+    pub copygc_passes: u64,
+    pub copygc_buckets_freed: u64,
+    pub copygc_sectors_moved: u64,
 }
 
 pub(crate) struct Inner {
@@ -77,6 +81,8 @@ pub(crate) struct Inner {
     pub copygc_lock: Mutex<()>,
     /// See [`Engine::data_move_seq`].
     pub move_seq: AtomicU64,
+    /// Totals for [`EngineStats`]: passes, buckets freed, sectors moved.
+    pub copygc_totals: [AtomicU64; 3],
     failed: Mutex<Option<String>>,
     /// Bytes of key changes since the last checkpoint (a dirty-memory estimate).
     pub dirty_bytes: AtomicUsize,
@@ -460,6 +466,7 @@ impl Engine {
             checkpoint_lock: Mutex::new(()),
             copygc_lock: Mutex::new(()),
             move_seq: AtomicU64::new(0),
+            copygc_totals: Default::default(),
             failed: Mutex::new(None),
             dirty_bytes: AtomicUsize::new(0),
             checkpoints: AtomicU64::new(0),
@@ -592,6 +599,9 @@ impl Engine {
             cache_bytes: self.inner.cache.used(),
             journal_entries_replayed: self.inner.replayed.0,
             journal_keys_replayed: self.inner.replayed.1,
+            copygc_passes: self.inner.copygc_totals[0].load(Ordering::Relaxed),
+            copygc_buckets_freed: self.inner.copygc_totals[1].load(Ordering::Relaxed),
+            copygc_sectors_moved: self.inner.copygc_totals[2].load(Ordering::Relaxed),
         }
     }
 

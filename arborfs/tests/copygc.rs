@@ -68,9 +68,7 @@ fn check_alloc(e: &Engine) {
     for k in e.iter(BtreeId::Extents, Pos::MIN, Pos::MAX) {
         let k = k.unwrap();
         let v = ExtentValue::decode(&k.value).unwrap();
-        *live
-            .entry(geo.bucket_of(v.ptrs[0].dev_sector))
-            .or_default() += k.size;
+        *live.entry(geo.bucket_of(v.ptrs[0].dev_sector)).or_default() += k.size;
         user += k.size as i64;
     }
     let mut free = 0;
@@ -136,7 +134,14 @@ fn copygc_frees_fragmented_buckets_engine() {
                 generation: a.generation,
             }],
         };
-        keys.push(Key::extent(1, i * 16, 16, SNAP, KeyType::Extent, v.encode()));
+        keys.push(Key::extent(
+            1,
+            i * 16,
+            16,
+            SNAP,
+            KeyType::Extent,
+            v.encode(),
+        ));
         model.insert(i * 16, data);
     }
     for chunk in keys.chunks(256) {
@@ -188,7 +193,10 @@ fn copygc_frees_fragmented_buckets_engine() {
         total.sectors_moved += r.sectors_moved;
         total.keys_moved += r.keys_moved;
         total.keys_raced += r.keys_raced;
-        assert!(r.buckets_freed > 0, "a pass with victims freed nothing: {r:?}");
+        assert!(
+            r.buckets_freed > 0,
+            "a pass with victims freed nothing: {r:?}"
+        );
     }
     let used_buckets = nkeys / 8;
     assert_eq!(total.keys_raced, 0);
@@ -251,7 +259,9 @@ fn read_all(fs: &Fs, ino: InodeNo) -> Vec<u8> {
     let mut buf = vec![0u8; size];
     let mut at = 0;
     while at < size {
-        let n = fs.read(ino, at as u64, &mut buf[at..(at + (4 << 20)).min(size)]).unwrap();
+        let n = fs
+            .read(ino, at as u64, &mut buf[at..(at + (4 << 20)).min(size)])
+            .unwrap();
         assert!(n > 0);
         at += n;
     }
@@ -309,9 +319,19 @@ fn rewrite_in_place(dev_bytes: u64, file_bytes: u64, rounds: u32, background: bo
         }
     }
     let elapsed = t.elapsed();
+    let st = fs.engine().stats();
+    eprintln!(
+        "rewrite: {} copygc passes freed {} buckets, moved {} MiB ({:.1} % of the {} MiB written)",
+        st.copygc_passes,
+        st.copygc_buckets_freed,
+        st.copygc_sectors_moved >> 11,
+        st.copygc_sectors_moved as f64 / 2048.0 * 100.0
+            / (file_bytes >> 20) as f64
+            / (rounds + 1) as f64,
+        (file_bytes >> 20) * (rounds as u64 + 1)
+    );
     let c = fs.engine().counters();
-    let used =
-        (c[Counter::UserSectors as usize] + c[Counter::BtreeSectors as usize]) as u64 * 512;
+    let used = (c[Counter::UserSectors as usize] + c[Counter::BtreeSectors as usize]) as u64 * 512;
     let phys = used_bucket_bytes(&fs);
     eprintln!(
         "rewrite: {} MiB file, {rounds} rounds on {} MiB: {:.1?}; used {} MiB by counters, {} MiB of buckets",
@@ -321,11 +341,30 @@ fn rewrite_in_place(dev_bytes: u64, file_bytes: u64, rounds: u32, background: bo
         used >> 20,
         phys >> 20
     );
-    assert!(read_all(&fs, ino) == model, "contents differ from the model");
+    assert!(
+        read_all(&fs, ino) == model,
+        "contents differ from the model"
+    );
     assert!(
         used <= file_bytes + file_bytes / 4,
         "used {used} for {file_bytes} of live data"
     );
+    assert_fsck_clean(&fs);
+    // Copygc on demand until nothing is below the threshold: the buckets in
+    // use shrink towards the live data.
+    let t = Instant::now();
+    while fs.engine().copygc().unwrap().victims > 0 {}
+    let compact = used_bucket_bytes(&fs);
+    eprintln!(
+        "rewrite: copygc to completion in {:.1?}: {} MiB of buckets",
+        t.elapsed(),
+        compact >> 20
+    );
+    assert!(
+        compact <= 2 * file_bytes + (16 << 20),
+        "{compact} bytes of buckets"
+    );
+    assert!(read_all(&fs, ino) == model, "contents differ after copygc");
     assert_fsck_clean(&fs);
     fs.close().unwrap();
     let fs = Fs::open(dev.clone() as Arc<dyn Device>, fs_opts(false)).unwrap();
@@ -411,10 +450,9 @@ fn crash_during_copygc_keeps_data() {
         .into_iter()
         .filter(|&p| p >= start && p <= end)
         .collect();
-    let span = (end - start).max(1);
-    for _ in 0..40 {
-        points.push(start + (rng.next() as usize % span));
-    }
+    // Every op of the pass as a crash point, with random fates for the
+    // writes since the last flush (kept, lost or torn).
+    points.extend(start..=end);
     eprintln!(
         "copygc crash test: {} ops in the pass, {} crash points",
         end - start,
@@ -430,7 +468,10 @@ fn crash_during_copygc_keeps_data() {
             if *ino == ino0 && got[..buf.len()] == buf[..] {
                 assert!(got[buf.len()..] == model[buf.len()..], "crash at op {p}");
             } else {
-                assert!(got == *model, "file {ino:?} differs after a crash at op {p}");
+                assert!(
+                    got == *model,
+                    "file {ino:?} differs after a crash at op {p}"
+                );
             }
         }
         assert_fsck_clean(&fs);

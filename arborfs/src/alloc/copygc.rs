@@ -185,6 +185,10 @@ impl Engine {
             // durable: make them available now.
             self.sync()?;
         }
+        let t = &self.inner.copygc_totals;
+        t[0].fetch_add(1, Ordering::Relaxed);
+        t[1].fetch_add(report.buckets_freed, Ordering::Relaxed);
+        t[2].fetch_add(report.sectors_moved, Ordering::Relaxed);
         tracing::debug!(?report, "copygc pass");
         Ok(report)
     }
@@ -254,9 +258,9 @@ impl Engine {
                 // Someone may have replaced the keys meanwhile and the bucket
                 // been reused; if they are unchanged the data is bad: leave
                 // it for reads to report, never move it.
-                let unchanged = cands
-                    .iter()
-                    .all(|c| self.get(BtreeId::Extents, c.key.pos).ok().flatten() == Some(c.key.clone()));
+                let unchanged = cands.iter().all(|c| {
+                    self.get(BtreeId::Extents, c.key.pos).ok().flatten() == Some(c.key.clone())
+                });
                 if unchanged {
                     tracing::error!(sector = first, "copygc: data checksum mismatch; not moved");
                     report.bad_units += 1;
