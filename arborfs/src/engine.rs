@@ -59,6 +59,10 @@ pub struct EngineStats {
     pub cache_bytes: usize,
     pub journal_entries_replayed: usize,
     pub journal_keys_replayed: usize,
+    /// Copygc passes that had victims, buckets they freed, sectors moved.
+    pub copygc_passes: u64,
+    pub copygc_buckets_freed: u64,
+    pub copygc_sectors_moved: u64,
 }
 
 pub(crate) struct Inner {
@@ -73,6 +77,12 @@ pub(crate) struct Inner {
     pub node_size: usize,
     pub read_only: bool,
     checkpoint_lock: Mutex<()>,
+    /// One copygc pass at a time; taken before every other engine lock.
+    pub copygc_lock: Mutex<()>,
+    /// See [`Engine::data_move_seq`].
+    pub move_seq: AtomicU64,
+    /// Totals for [`EngineStats`]: passes, buckets freed, sectors moved.
+    pub copygc_totals: [AtomicU64; 3],
     failed: Mutex<Option<String>>,
     /// Bytes of key changes since the last checkpoint (a dirty-memory estimate).
     pub dirty_bytes: AtomicUsize,
@@ -454,6 +464,9 @@ impl Engine {
             node_size: sb.node_size as usize,
             read_only: opts.read_only,
             checkpoint_lock: Mutex::new(()),
+            copygc_lock: Mutex::new(()),
+            move_seq: AtomicU64::new(0),
+            copygc_totals: Default::default(),
             failed: Mutex::new(None),
             dirty_bytes: AtomicUsize::new(0),
             checkpoints: AtomicU64::new(0),
@@ -586,6 +599,9 @@ impl Engine {
             cache_bytes: self.inner.cache.used(),
             journal_entries_replayed: self.inner.replayed.0,
             journal_keys_replayed: self.inner.replayed.1,
+            copygc_passes: self.inner.copygc_totals[0].load(Ordering::Relaxed),
+            copygc_buckets_freed: self.inner.copygc_totals[1].load(Ordering::Relaxed),
+            copygc_sectors_moved: self.inner.copygc_totals[2].load(Ordering::Relaxed),
         }
     }
 
@@ -613,7 +629,35 @@ impl Engine {
 
     /// Space for up to `sectors` of user data (possibly fewer: a write that
     /// gets fewer asks again for the rest).
+    ///
+    /// Before returning `NoSpace` it makes buckets emptied by recent commits
+    /// reusable (a journal flush), then runs a copygc pass (a second, more
+    /// aggressive one if the first freed nothing), retrying after each.
     pub fn alloc_data(&self, sectors: u32) -> Result<DataAlloc> {
+        match self.alloc_data_once(sectors) {
+            Err(Error::NoSpace) => {}
+            r => return r,
+        }
+        if self.has_pending_empty() {
+            self.sync()?;
+            match self.alloc_data_once(sectors) {
+                Err(Error::NoSpace) => {}
+                r => return r,
+            }
+        }
+        for max_live_fraction in [0.5, 0.875] {
+            let report = self.copygc_with(crate::alloc::copygc::CopygcOptions {
+                max_live_fraction,
+                ..Default::default()
+            })?;
+            if report.buckets_freed > 0 {
+                return self.alloc_data_once(sectors);
+            }
+        }
+        Err(Error::NoSpace)
+    }
+
+    fn alloc_data_once(&self, sectors: u32) -> Result<DataAlloc> {
         self.inner.check_writable()?;
         let ctx = self.inner.ctx();
         let alloc = self.inner.tree(BtreeId::Alloc).read();
@@ -690,14 +734,22 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        self.stop_background();
+        // Only the handle that owns the background thread stops it (the
+        // background thread borrows a handle of its own for copygc).
+        if self.background.is_some() {
+            self.stop_background();
+        }
     }
 }
 
-/// Writes the journal every 50 ms (flushing at most every second) and
-/// checkpoints when the journal or dirty memory passes its threshold.
+/// Writes the journal every 50 ms (flushing at most every second),
+/// checkpoints when the journal or dirty memory passes its threshold, and
+/// runs copygc when free buckets run low.
 fn background_loop(inner: Weak<Inner>) {
     let mut ticks = 0u32;
+    // Counters when a copygc pass last freed nothing: no new pass until
+    // they change (nothing was overwritten, so nothing new to collect).
+    let mut fruitless: Option<[i64; COUNTERS]> = None;
     loop {
         let Some(i) = inner.upgrade() else { return };
         {
@@ -724,6 +776,23 @@ fn background_loop(inner: Weak<Inner>) {
             && let Err(e) = i.checkpoint()
         {
             tracing::warn!("background checkpoint failed: {e}");
+        }
+        let counters = {
+            let st = i.alloc.lock();
+            crate::alloc::copygc::wants_copygc(&st).then_some(st.counters)
+        };
+        if let Some(c) = counters
+            && fruitless != Some(c)
+        {
+            let engine = Engine {
+                inner: i.clone(),
+                background: None,
+            };
+            match engine.try_copygc(Default::default()) {
+                Some(Ok(r)) => fruitless = (r.buckets_freed == 0).then_some(c),
+                Some(Err(e)) => tracing::warn!("background copygc failed: {e}"),
+                None => {}
+            }
         }
     }
 }

@@ -12,6 +12,7 @@
 //! only after the journal entry that emptied it is durable.
 
 pub mod alloc_format;
+pub mod copygc;
 pub mod extent_format;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -56,6 +57,23 @@ impl Geometry {
         let data = self.nbuckets - self.first_data_bucket;
         (data / 50).clamp(4, 256).min(data / 2)
     }
+
+    /// Buckets even copygc leaves alone (half the reserve, at least 2), so
+    /// b-tree writes still find space while copygc runs.
+    pub fn copygc_reserved_buckets(&self) -> u64 {
+        (self.reserved_buckets() / 2).max(2)
+    }
+}
+
+/// How much of the reserve an allocation must leave alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reserve {
+    /// User data: all of [`Geometry::reserved_buckets`].
+    User,
+    /// Copygc: half of it ([`Geometry::copygc_reserved_buckets`]).
+    Copygc,
+    /// B-tree nodes: none.
+    None,
 }
 
 /// A bucket being filled.
@@ -79,6 +97,8 @@ pub struct AllocState {
     pub geo: Geometry,
     pub open: HashSet<u64>,
     pub data_bucket: Option<OpenBucket>,
+    /// Copygc's own write point: moved data is never mixed with new writes.
+    pub copygc_bucket: Option<OpenBucket>,
     pub btree_buckets: VecDeque<OpenBucket>,
     /// Buckets emptied by journal entries that may not be durable yet.
     pub pending_empty: HashMap<u64, u64>,
@@ -139,6 +159,7 @@ impl AllocState {
             geo,
             open: HashSet::new(),
             data_bucket: None,
+            copygc_bucket: None,
             btree_buckets: VecDeque::new(),
             pending_empty: HashMap::new(),
             closed: Vec::new(),
@@ -163,14 +184,14 @@ impl AllocState {
         alloc: &TreeState,
         freespace: &TreeState,
         durable_seq: u64,
-        keep_reserve: bool,
+        keep_reserve: Reserve,
     ) -> Result<OpenBucket> {
         self.note_durable(durable_seq);
         let available = self.free_buckets() - self.open.len() as i64;
-        let reserve = if keep_reserve {
-            self.geo.reserved_buckets() as i64
-        } else {
-            0
+        let reserve = match keep_reserve {
+            Reserve::User => self.geo.reserved_buckets() as i64,
+            Reserve::Copygc => self.geo.copygc_reserved_buckets() as i64,
+            Reserve::None => 0,
         };
         if available <= reserve {
             return Err(Error::NoSpace);
@@ -241,7 +262,7 @@ impl AllocState {
         }
         let mut ob = match self.data_bucket {
             Some(ob) => ob,
-            None => self.open_bucket(ctx, alloc, freespace, durable_seq, true)?,
+            None => self.open_bucket(ctx, alloc, freespace, durable_seq, Reserve::User)?,
         };
         let n = (bs - ob.used_sectors).min(sectors as u64) as u32;
         let dev_sector = ob.bucket * bs + ob.used_sectors;
@@ -252,6 +273,59 @@ impl AllocState {
             sectors: n,
             generation: ob.generation,
         })
+    }
+
+    /// Contiguous space for exactly `sectors` (at most a bucket) of data moved
+    /// by copygc, from copygc's own open bucket. It may dip into half of the
+    /// user reserve, so copygc can run when user writes already get
+    /// `NoSpace`. A request that does not fit in the rest of the bucket
+    /// closes it; the unused tail is never charged and counts as free the
+    /// next time the bucket is collected.
+    pub fn alloc_copygc(
+        &mut self,
+        ctx: &TreeCtx,
+        alloc: &TreeState,
+        freespace: &TreeState,
+        durable_seq: u64,
+        sectors: u32,
+    ) -> Result<DataAlloc> {
+        let bs = self.geo.bucket_sectors;
+        if sectors as u64 > bs || sectors == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "copygc allocation of {sectors} sectors"
+            )));
+        }
+        if let Some(ob) = self.copygc_bucket
+            && ob.used_sectors + sectors as u64 > bs
+        {
+            self.open.remove(&ob.bucket);
+            self.closed.push(ob.bucket);
+            self.copygc_bucket = None;
+        }
+        let mut ob = match self.copygc_bucket {
+            Some(ob) => ob,
+            None => self.open_bucket(ctx, alloc, freespace, durable_seq, Reserve::Copygc)?,
+        };
+        let dev_sector = ob.bucket * bs + ob.used_sectors;
+        ob.used_sectors += sectors as u64;
+        self.copygc_bucket = Some(ob);
+        Ok(DataAlloc {
+            dev_sector,
+            sectors,
+            generation: ob.generation,
+        })
+    }
+
+    /// Free buckets copygc may still open (beyond its own reserve), plus
+    /// what is left of its open bucket, in sectors.
+    pub fn copygc_space(&self) -> u64 {
+        let available = self.free_buckets()
+            - self.open.len() as i64
+            - self.geo.copygc_reserved_buckets() as i64;
+        let left = self
+            .copygc_bucket
+            .map_or(0, |b| self.geo.bucket_sectors - b.used_sectors);
+        available.max(0) as u64 * self.geo.bucket_sectors + left
     }
 
     /// Makes sure at least `slots` node slots are available in open btree buckets.
@@ -273,7 +347,7 @@ impl AllocState {
             if have >= slots as u64 {
                 return Ok(());
             }
-            let ob = self.open_bucket(ctx, alloc, freespace, durable_seq, false)?;
+            let ob = self.open_bucket(ctx, alloc, freespace, durable_seq, Reserve::None)?;
             debug_assert!(per_bucket >= 1);
             self.btree_buckets.push_back(ob);
         }
@@ -363,7 +437,11 @@ pub fn apply_bucket_deltas(
             );
         }
         new.dirty_sectors = sectors.clamp(0, u32::MAX as i64) as u32;
-        if old.dirty_sectors == 0 && new.dirty_sectors > 0 {
+        if old.dirty_sectors == 0 && new.dirty_sectors > 0 && old.data_type != DataType::Free {
+            // Emptied while open, now charged again: it never went back to
+            // the freespace index, so it does not leave it either.
+            new.data_type = dt;
+        } else if old.dirty_sectors == 0 && new.dirty_sectors > 0 {
             new.data_type = dt;
             del(
                 freespace,

@@ -125,6 +125,23 @@ impl Fs {
 
     /// `read` for a caller that holds the inode's IO lock.
     fn read_inner(&self, ino: InodeNo, offset: u64, buf: &mut [u8]) -> FsResult<usize> {
+        // Copygc may move an extent between our lookup and the data read
+        // (the old bucket's generation moves on): then look it up again.
+        let mut tries = 0;
+        loop {
+            let seq = self.engine.data_move_seq();
+            match self.read_once(ino, offset, buf) {
+                Err(FsError::Io(_))
+                    if tries < 16 && (seq % 2 == 1 || self.engine.data_move_seq() != seq) =>
+                {
+                    tries += 1
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn read_once(&self, ino: InodeNo, offset: u64, buf: &mut [u8]) -> FsResult<usize> {
         let (size, keys) = self.tx(Durability::Lazy, |tx| {
             let v = read_inode(tx, ino)?;
             regular(&v)?;
