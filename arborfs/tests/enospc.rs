@@ -11,7 +11,13 @@ use arborfs::fs::{Caller, Fs, FsError, FsOptions, InodeNo, ROOT_INO, S_IFREG};
 use arborfs::sb::FormatOptions;
 
 fn opts() -> FsOptions {
-    FsOptions { engine: EngineOptions { background: true, ..Default::default() }, ..Default::default() }
+    FsOptions {
+        engine: EngineOptions {
+            background: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
 }
 
 fn fsck_clean(fs: &Fs) {
@@ -36,7 +42,9 @@ fn fill_to_enospc_delete_half_write_again() {
             Err(e) => panic!("create failed with {e:?}, not ENOSPC"),
         };
         let len = sizes[i as usize % sizes.len()];
-        let data: Vec<u8> = (0..len).map(|j| (j as u32 ^ i.wrapping_mul(2654435761)) as u8).collect();
+        let data: Vec<u8> = (0..len)
+            .map(|j| (j as u32 ^ i.wrapping_mul(2654435761)) as u8)
+            .collect();
         let mut off = 0;
         while off < len {
             let n = (len - off).min(1 << 20);
@@ -57,7 +65,11 @@ fn fill_to_enospc_delete_half_write_again() {
     }
     assert!(full > 0, "never hit ENOSPC");
     let st = fs.statfs();
-    assert!(st.bavail * 4096 < 8 << 20, "statfs says {} bytes free on a full filesystem", st.bavail * 4096);
+    assert!(
+        st.bavail * 4096 < 8 << 20,
+        "statfs says {} bytes free on a full filesystem",
+        st.bavail * 4096
+    );
     // Every byte written before ENOSPC reads back.
     for (ino, data, _) in &files {
         let mut buf = vec![0u8; data.len()];
@@ -76,7 +88,10 @@ fn fill_to_enospc_delete_half_write_again() {
     }
     fs.sync().unwrap();
     // Writing works again.
-    let ino = fs.mknod(&me, ROOT_INO, b"after", S_IFREG | 0o644, 0).unwrap().ino;
+    let ino = fs
+        .mknod(&me, ROOT_INO, b"after", S_IFREG | 0o644, 0)
+        .unwrap()
+        .ino;
     let data = vec![0x5au8; 8 << 20];
     assert_eq!(fs.write(&me, ino, 0, &data).unwrap(), data.len());
     fsck_clean(&fs);

@@ -104,6 +104,7 @@ pub fn check(fs: &Fs, repair: bool, progress: &mut dyn FnMut(&str)) -> FsResult<
     let mut links: HashMap<u64, u32> = HashMap::new();
     let mut subdirs: HashMap<u64, u32> = HashMap::new();
     let mut parent_of: HashMap<u64, u64> = HashMap::new();
+    let mut children: HashMap<u64, Vec<u64>> = HashMap::new();
     for k in engine.iter(BtreeId::Dirents, Pos::MIN, Pos::MAX) {
         let k = k?;
         if k.ty == KeyType::Whiteout {
@@ -155,6 +156,7 @@ pub fn check(fs: &Fs, repair: bool, progress: &mut dyn FnMut(&str)) -> FsResult<
             );
         }
         *links.entry(d.target).or_default() += 1;
+        children.entry(k.pos.inode).or_default().push(d.target);
         if kind == FileKind::Directory {
             *subdirs.entry(k.pos.inode).or_default() += 1;
             if parent_of.insert(d.target, k.pos.inode).is_some() {
@@ -163,6 +165,83 @@ pub fn check(fs: &Fs, repair: bool, progress: &mut dyn FnMut(&str)) -> FsResult<
                     format!("directory {} has more than one name", d.target),
                 );
             }
+        }
+    }
+
+    progress("checking connectivity");
+    // Everything must be reachable from the root. What is not (no name, or
+    // only names inside a cycle cut off from the root) and is not waiting
+    // on the orphan list goes to /lost+found.
+    let mut reachable: HashSet<u64> = HashSet::new();
+    let mut queue = vec![ROOT_INO.0];
+    while let Some(d) = queue.pop() {
+        if !reachable.insert(d) {
+            continue;
+        }
+        if let Some(c) = children.get(&d) {
+            queue.extend(c.iter().copied());
+        }
+    }
+    let lost: Vec<u64> = inodes
+        .keys()
+        .copied()
+        .filter(|i| !reachable.contains(i) && !orphans.contains(i))
+        .collect();
+    if !lost.is_empty() {
+        let lf = if repair {
+            Some(lost_and_found(fs)?)
+        } else {
+            None
+        };
+        for ino in lost {
+            let is_dir = inodes[&ino].mode & S_IFMT == S_IFDIR;
+            let what = if is_dir { "directory" } else { "inode" };
+            if links.get(&ino).copied().unwrap_or(0) > 0 {
+                // Named only from inside a cycle cut off from the root.
+                r.problem(
+                    false,
+                    format!("{what} {ino} is in a directory cycle not reachable from the root"),
+                );
+                continue;
+            }
+            if let Some(lf) = lf {
+                let name = format!("#{ino}");
+                let kind = FileKind::from_mode(inodes[&ino].mode).unwrap_or(FileKind::Regular);
+                fs.tx(Durability::Lazy, |tx| {
+                    super::dirent::insert(tx, lf, name.as_bytes(), InodeNo(ino), kind.d_type())?;
+                    Ok(())
+                })?;
+                *links.entry(ino).or_default() += 1;
+                if is_dir {
+                    *subdirs.entry(lf.0).or_default() += 1;
+                    parent_of.insert(ino, lf.0);
+                }
+                // A lost+found made just now is an inode to check too.
+                if let std::collections::btree_map::Entry::Vacant(e) = inodes.entry(lf.0)
+                    && let Some(v) =
+                        fs.tx(Durability::Lazy, |tx| super::inode::read_inode_opt(tx, lf))?
+                {
+                    e.insert(v);
+                    // mkdir also changed the root's link count.
+                    if let Some(root) = fs.tx(Durability::Lazy, |tx| {
+                        super::inode::read_inode_opt(tx, ROOT_INO)
+                    })? {
+                        inodes.insert(ROOT_INO.0, root);
+                    }
+                    *links.entry(lf.0).or_default() += 1;
+                    *subdirs.entry(ROOT_INO.0).or_default() += 1;
+                    parent_of.insert(lf.0, ROOT_INO.0);
+                }
+            }
+            let done = if repair {
+                "moved to /lost+found"
+            } else {
+                "would be moved to /lost+found"
+            };
+            r.problem(
+                repair,
+                format!("{what} {ino} is not reachable from the root; {done}"),
+            );
         }
     }
 
@@ -175,13 +254,7 @@ pub fn check(fs: &Fs, repair: bool, progress: &mut dyn FnMut(&str)) -> FsResult<
         if is_dir {
             let want = 2 + subdirs.get(&ino).copied().unwrap_or(0);
             if ino != ROOT_INO.0 && names == 0 {
-                r.problem(
-                    false,
-                    format!(
-                        "directory {ino} is not reachable (not moved to lost+found by this version)"
-                    ),
-                );
-                continue;
+                continue; // reported above
             }
             if v.nlink != want {
                 r.problem(
@@ -209,14 +282,7 @@ pub fn check(fs: &Fs, repair: bool, progress: &mut dyn FnMut(&str)) -> FsResult<
                 fixed.parent = parent;
             }
         } else if names == 0 {
-            if orphans.contains(&ino) {
-                continue; // freed at the next read-write mount
-            }
-            r.problem(
-                false,
-                format!("inode {ino} has no name and is not on the orphan list"),
-            );
-            continue;
+            continue; // on the orphan list (freed at the next mount) or reported above
         } else if v.nlink != names {
             r.problem(
                 repair,
@@ -484,4 +550,19 @@ pub fn check(fs: &Fs, repair: bool, progress: &mut dyn FnMut(&str)) -> FsResult<
         fs.sync()?;
     }
     Ok(r)
+}
+
+/// `/lost+found`, created if missing.
+fn lost_and_found(fs: &Fs) -> FsResult<InodeNo> {
+    let me = Caller::root();
+    match fs.lookup(&me, ROOT_INO, b"lost+found") {
+        Ok(a) if a.kind == FileKind::Directory => Ok(a.ino),
+        Ok(_) => Err(super::error::FsError::Corrupted(
+            "/lost+found exists and is not a directory".into(),
+        )),
+        Err(super::error::FsError::NotFound) => {
+            Ok(fs.mkdir(&me, ROOT_INO, b"lost+found", 0o700)?.ino)
+        }
+        Err(e) => Err(e),
+    }
 }
