@@ -16,7 +16,7 @@ use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use crate::alloc::alloc_format::{AllocValue, COUNTERS, Counter, DataType, encode_counters};
 use crate::alloc::{
     ACCOUNTING_POS, AllocState, BucketDeltas, DataAlloc, Geometry, apply_bucket_deltas, bucket_pos,
-    free_closed_empty, read_counters,
+    find_empty_in_use, free_closed_empty, read_counters,
 };
 use crate::btree::cache::NodeCache;
 use crate::btree::node::{Val, node_magic};
@@ -503,6 +503,12 @@ impl Engine {
             inner.dirty_bytes.store(dirty, Ordering::Relaxed);
             let counters = read_counters(&ctx, &inner.tree(BtreeId::Alloc).read())?;
             inner.alloc.lock().counters = counters;
+            if !opts.read_only {
+                // Buckets emptied while open before a crash: freed by a
+                // checkpoint before the engine is handed out.
+                let empty = find_empty_in_use(&ctx, &inner.tree(BtreeId::Alloc).read(), &geo)?;
+                inner.alloc.lock().closed = empty;
+            }
         }
         if !opts.read_only {
             sb.clean = None;
@@ -512,6 +518,9 @@ impl Engine {
             *inner.sb.lock() = sb;
         }
         let inner = Arc::new(inner);
+        if !inner.alloc.lock().closed.is_empty() {
+            inner.checkpoint()?;
+        }
         let background = if opts.background && !opts.read_only {
             let weak = Arc::downgrade(&inner);
             Some(
@@ -541,6 +550,9 @@ impl Engine {
         // nodes, so this settles in two or three rounds.
         let mut rounds = 0;
         loop {
+            // Closed buckets left empty are freed by the checkpoint; an open
+            // one would stay allocated with no data after the unmount.
+            inner.alloc.lock().close_all();
             inner.checkpoint()?;
             rounds += 1;
             if inner.dirty_nodes()? == 0 {

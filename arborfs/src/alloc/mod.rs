@@ -328,6 +328,21 @@ impl AllocState {
         available.max(0) as u64 * self.geo.bucket_sectors + left
     }
 
+    /// Closes every open bucket (at unmount), so the next checkpoint frees
+    /// those whose data all went away while they were open. Otherwise they
+    /// would stay "in use, 0 sectors" with no freespace key: leaked.
+    pub fn close_all(&mut self) {
+        let data = self
+            .data_bucket
+            .take()
+            .into_iter()
+            .chain(self.copygc_bucket.take());
+        for ob in data.chain(self.btree_buckets.drain(..)) {
+            self.open.remove(&ob.bucket);
+            self.closed.push(ob.bucket);
+        }
+    }
+
     /// Makes sure at least `slots` node slots are available in open btree buckets.
     pub fn reserve_btree_slots(
         &mut self,
@@ -443,14 +458,18 @@ pub fn apply_bucket_deltas(
             new.data_type = dt;
         } else if old.dirty_sectors == 0 && new.dirty_sectors > 0 {
             new.data_type = dt;
-            del(
-                freespace,
-                ctx,
-                BtreeId::Freespace,
-                bucket_pos(bucket),
-                items,
-            )?;
-            counters[Counter::FreeBuckets as usize] -= 1;
+            // An open bucket that drained to 0 was never freed: it has no
+            // freespace key and is already off the free count.
+            if old.data_type == DataType::Free {
+                del(
+                    freespace,
+                    ctx,
+                    BtreeId::Freespace,
+                    bucket_pos(bucket),
+                    items,
+                )?;
+                counters[Counter::FreeBuckets as usize] -= 1;
+            }
         } else if old.dirty_sectors > 0 && new.dirty_sectors == 0 && !st.open.contains(&bucket) {
             mark_free(ctx, freespace, &mut new, bucket, items)?;
             counters[Counter::FreeBuckets as usize] += 1;
@@ -545,6 +564,36 @@ fn update_counters(
 }
 
 /// Reads the accounting key (all zero if absent).
+/// Data-area buckets whose alloc key says in use with no live sectors.
+/// Nothing is open right after a mount, so these are buckets emptied while
+/// open when the engine crashed (or was closed by an older version): they
+/// belong on the `closed` list, for the next checkpoint to free.
+pub fn find_empty_in_use(ctx: &TreeCtx, alloc: &TreeState, geo: &Geometry) -> Result<Vec<u64>> {
+    let mut out = Vec::new();
+    let mut start = bucket_pos(geo.first_data_bucket);
+    let end = Pos::new(0, u64::MAX, u32::MAX);
+    loop {
+        let mut batch = Vec::new();
+        alloc.scan(ctx, start, end, 1024, &mut batch)?;
+        for k in &batch {
+            let b = k.pos.offset;
+            if k.ty != KeyType::Alloc || b < geo.first_data_bucket || b >= geo.nbuckets {
+                continue;
+            }
+            let v = AllocValue::decode(&k.value).ok_or_else(|| {
+                Error::corrupted(Structure::Value, 0, format!("bad alloc key for bucket {b}"))
+            })?;
+            if v.dirty_sectors == 0 && v.data_type != DataType::Free {
+                out.push(b);
+            }
+        }
+        match batch.last().and_then(|k| k.pos.successor()) {
+            Some(next) if batch.len() == 1024 => start = next,
+            _ => return Ok(out),
+        }
+    }
+}
+
 pub fn read_counters(ctx: &TreeCtx, alloc: &TreeState) -> Result<[i64; COUNTERS]> {
     match alloc.get(ctx, ACCOUNTING_POS)? {
         Some(v) => decode_counters(&v.value)
