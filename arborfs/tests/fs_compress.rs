@@ -34,8 +34,7 @@ fn new_fs(
     sb: CompressionType,
     mount: Option<&str>,
 ) -> (Arc<dyn Device>, Fs) {
-    let dev: Arc<dyn Device> =
-        Arc::new(FileDevice::create(&dir.path().join("img"), size).unwrap());
+    let dev: Arc<dyn Device> = Arc::new(FileDevice::create(&dir.path().join("img"), size).unwrap());
     Fs::format(
         dev.clone(),
         &FormatOptions {
@@ -64,10 +63,54 @@ impl Rng {
 /// chosen at random. Chunk `i` is always the same bytes.
 fn text_chunk(i: u64, len: usize) -> Vec<u8> {
     const WORDS: [&str; 48] = [
-        "the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "was", "with", "be",
-        "by", "on", "not", "he", "this", "are", "or", "his", "from", "at", "which", "but", "have",
-        "an", "had", "they", "you", "were", "their", "one", "all", "we", "can", "her", "has",
-        "there", "been", "if", "more", "when", "will", "would", "who", "so", "filesystem",
+        "the",
+        "of",
+        "and",
+        "to",
+        "in",
+        "is",
+        "that",
+        "for",
+        "it",
+        "as",
+        "was",
+        "with",
+        "be",
+        "by",
+        "on",
+        "not",
+        "he",
+        "this",
+        "are",
+        "or",
+        "his",
+        "from",
+        "at",
+        "which",
+        "but",
+        "have",
+        "an",
+        "had",
+        "they",
+        "you",
+        "were",
+        "their",
+        "one",
+        "all",
+        "we",
+        "can",
+        "her",
+        "has",
+        "there",
+        "been",
+        "if",
+        "more",
+        "when",
+        "will",
+        "would",
+        "who",
+        "so",
+        "filesystem",
     ];
     let mut r = Rng(0x9E37_79B9_7F4A_7C15 ^ (i + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
     let mut s = Vec::with_capacity(len + 32);
@@ -239,7 +282,11 @@ fn directory_option_is_inherited_and_file_option_wins() {
     let me = Caller::root();
     // Unset, the xattr reads as the effective setting but isn't listed.
     assert_eq!(fs.getxattr(&me, ROOT_INO, XATTR).unwrap(), b"none");
-    assert!(!fs.listxattr(&me, ROOT_INO).unwrap().contains(&XATTR.to_vec()));
+    assert!(
+        !fs.listxattr(&me, ROOT_INO)
+            .unwrap()
+            .contains(&XATTR.to_vec())
+    );
     assert!(matches!(
         fs.removexattr(&me, ROOT_INO, XATTR),
         Err(FsError::NoAttr)

@@ -147,7 +147,10 @@ pub fn compress_unit(c: Compression, input: &[u8]) -> Option<(Vec<u8>, u8)> {
     match c.kind {
         CompressionType::None => return None,
         CompressionType::Lz4 => {
-            out.resize(HEADER_BYTES + lz4_flex::block::get_maximum_output_size(input.len()), 0);
+            out.resize(
+                HEADER_BYTES + lz4_flex::block::get_maximum_output_size(input.len()),
+                0,
+            );
             let n = lz4_flex::block::compress_into(input, &mut out[HEADER_BYTES..]).ok()?;
             out.truncate(HEADER_BYTES + n);
         }
@@ -181,14 +184,14 @@ pub fn decompress_unit(kind: u8, stored: &[u8], out_len: usize) -> Result<Vec<u8
         .get(HEADER_BYTES..HEADER_BYTES.saturating_add(clen))
         .ok_or_else(|| format!("compressed length {clen} runs past the stored data"))?;
     let mut out = vec![0u8; out_len];
-    let n = match CompressionType::from_u8(kind) {
-        Some(CompressionType::Lz4) => lz4_flex::block::decompress_into(stream, &mut out)
-            .map_err(|e| format!("lz4: {e}"))?,
-        Some(CompressionType::Zstd) => {
-            zstd::bulk::decompress_to_buffer(stream, &mut out).map_err(|e| format!("zstd: {e}"))?
-        }
-        _ => return Err(format!("unknown compression type {kind}")),
-    };
+    let n =
+        match CompressionType::from_u8(kind) {
+            Some(CompressionType::Lz4) => lz4_flex::block::decompress_into(stream, &mut out)
+                .map_err(|e| format!("lz4: {e}"))?,
+            Some(CompressionType::Zstd) => zstd::bulk::decompress_to_buffer(stream, &mut out)
+                .map_err(|e| format!("zstd: {e}"))?,
+            _ => return Err(format!("unknown compression type {kind}")),
+        };
     if n != out_len {
         return Err(format!(
             "compressed extent holds {n} bytes, {out_len} expected"
@@ -232,7 +235,9 @@ mod tests {
             assert_eq!(Compression::parse(s).unwrap().to_string(), s);
         }
         assert_eq!(Compression::parse("zstd:0").unwrap().to_string(), "zstd");
-        for s in ["", "gzip", "zstd:", "zstd:23", "none:1", "zstd:-1", "zstd:x", "lz4:13"] {
+        for s in [
+            "", "gzip", "zstd:", "zstd:23", "none:1", "zstd:-1", "zstd:x", "lz4:13",
+        ] {
             assert_eq!(Compression::parse(s), None, "{s:?}");
         }
         let z = Compression::parse("zstd:7").unwrap();
@@ -267,7 +272,10 @@ mod tests {
     fn incompressible_stays_raw() {
         let input = random(128 << 10);
         for c in ["lz4", "zstd", "zstd:19", "none"] {
-            assert!(compress_unit(Compression::parse(c).unwrap(), &input).is_none(), "{c}");
+            assert!(
+                compress_unit(Compression::parse(c).unwrap(), &input).is_none(),
+                "{c}"
+            );
         }
         assert!(compress_unit(Compression::parse("zstd").unwrap(), &[0u8; 512]).is_none());
         // Saving less than a sector is not worth it: 4 KiB where only the

@@ -6,6 +6,9 @@
 //! trims what they overwrite and its alloc trigger releases that space) and
 //! updates the inode. Reads verify the checksum of every stored unit they
 //! touch and fail with EIO rather than return wrong bytes.
+//!
+//! Units are compressed when that saves space (see [`super::compress`] for
+//! the stored layout); a read decompresses the whole unit it touches.
 
 use super::Fs;
 use super::compress::{self, Compression};
