@@ -29,6 +29,7 @@ use fuser::{
     WriteFlags,
 };
 
+use arborfs::fs::compress::Compression;
 use arborfs::fs::{FallocFlags, RenameFlags, SeekWhence, SetAttr, TimeOrNow, XattrSet};
 
 /// How long the kernel may cache attributes and names.
@@ -873,6 +874,9 @@ pub struct MountOpts {
     pub size: Option<String>,
     /// `remount`: change the flags of a live mount.
     pub remount: bool,
+    /// `compression=none|lz4|zstd[:LEVEL]`: overrides the image's default
+    /// for files without their own option.
+    pub compression: Option<Compression>,
 }
 
 /// Parses a `-o` list. Generic mount(8) options are accepted; the ones the
@@ -916,6 +920,12 @@ pub fn parse_mount_opts(list: &str) -> Result<MountOpts> {
             | "nofail"
             | "async" => {}
             _ if opt.starts_with("size=") => o.size = Some(opt["size=".len()..].to_string()),
+            _ if opt.starts_with("compression=") => {
+                let v = &opt["compression=".len()..];
+                o.compression = Some(Compression::parse(v).with_context(|| {
+                    format!("bad compression {v:?} (expected none, lz4, zstd or zstd:LEVEL)")
+                })?);
+            }
             // mount(8) passes a live mount's FUSE options back on a remount.
             _ if [
                 "user_id=",
@@ -1229,5 +1239,13 @@ mod tests {
         .unwrap();
         assert!(o.remount && o.read_only && o.noatime);
         assert!(parse_mount_opts("bogus").is_err());
+        let o = parse_mount_opts("rw,compression=zstd:7").unwrap();
+        assert_eq!(o.compression, Compression::parse("zstd:7"));
+        assert_eq!(
+            parse_mount_opts("compression=none").unwrap().compression,
+            Some(Compression::NONE)
+        );
+        assert!(parse_mount_opts("compression=gzip").is_err());
+        assert!(parse_mount_opts("compression=zstd:23").is_err());
     }
 }

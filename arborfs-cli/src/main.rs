@@ -77,7 +77,9 @@ enum Cmd {
         #[arg(short = 'f', long)]
         foreground: bool,
         /// Mount options: ro, rw, allow_other, noatime, nodev, nosuid, noexec,
-        /// size=SIZE (of a new image, default 1G), remount, and the generic
+        /// size=SIZE (of a new image, default 1G), remount,
+        /// compression=none|lz4|zstd[:LEVEL] (files without their own
+        /// option; default: the image's), and the generic
         /// mount(8) options, which are ignored.
         #[arg(short = 'o', default_value = "")]
         options: Vec<String>,

@@ -224,6 +224,7 @@ fn serve(image: &Path, mnt: &Path, o: &MountOpts, notify: &mut Notify) -> Result
                 ..Default::default()
             },
             noatime: o.noatime,
+            compression: o.compression,
         },
     )
     .with_context(|| format!("cannot open the filesystem on {}", image.display()))?;
@@ -402,6 +403,8 @@ struct Usage {
     free: u64,
     data: Option<u64>,
     metadata: Option<u64>,
+    /// User data before compression (logical bytes in extents).
+    uncompressed: Option<u64>,
 }
 
 fn usage_of_image(image: &Path) -> Result<Usage> {
@@ -428,6 +431,7 @@ fn usage_of_image(image: &Path) -> Result<Usage> {
         free: s.bavail * u64::from(s.bsize),
         data: Some(c[Counter::UserSectors as usize].max(0) as u64 * SECTOR_BYTES),
         metadata: Some(c[Counter::BtreeSectors as usize].max(0) as u64 * SECTOR_BYTES),
+        uncompressed: Some(c[Counter::UncompressedSectors as usize].max(0) as u64 * SECTOR_BYTES),
     };
     fs.close()?;
     Ok(u)
@@ -457,6 +461,7 @@ fn usage_of_mount(mnt: &Path) -> Result<Usage> {
     if let Ok(from_image) = usage_of_image(Path::new(&entry.source)) {
         u.data = from_image.data;
         u.metadata = from_image.metadata;
+        u.uncompressed = from_image.uncompressed;
     }
     Ok(u)
 }
@@ -486,6 +491,13 @@ pub fn cmd_usage(path: &Path, as_json: bool) -> Result<()> {
         (usage_of_image(path)?, "image")
     };
     let used = u.capacity.saturating_sub(u.free);
+    // Compression: logical bytes of user data per byte stored (1 when
+    // nothing is compressed or there is no data).
+    let ratio = match (u.uncompressed, u.data) {
+        (Some(l), Some(s)) if s > 0 => Some(l as f64 / s as f64),
+        (Some(_), Some(_)) => Some(1.0),
+        _ => None,
+    };
     if as_json {
         let v = json!({
             "path": path.display().to_string(),
@@ -495,6 +507,11 @@ pub fn cmd_usage(path: &Path, as_json: bool) -> Result<()> {
             "data_bytes": u.data,
             "metadata_bytes": u.metadata,
             "free_bytes": u.free,
+            "compression": {
+                "uncompressed_bytes": u.uncompressed,
+                "stored_bytes": u.data,
+                "ratio": ratio,
+            },
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -514,6 +531,13 @@ pub fn cmd_usage(path: &Path, as_json: bool) -> Result<()> {
     println!("    data:            {}", opt(u.data));
     println!("    metadata:        {}", opt(u.metadata));
     println!("  free:              {} ({} bytes)", human(u.free), u.free);
+    if let (Some(l), Some(s), Some(r)) = (u.uncompressed, u.data, ratio) {
+        println!(
+            "  compression:       {} of data stored in {} (ratio {r:.2})",
+            human(l),
+            human(s)
+        );
+    }
     Ok(())
 }
 

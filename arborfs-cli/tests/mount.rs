@@ -1176,3 +1176,82 @@ fn kill_9_loop_keeps_every_acknowledged_fsync() {
     );
     assert!(total_acks > 0, "no fsync was ever acknowledged");
 }
+
+/// Compressible text: words of a small vocabulary, numbers, line breaks.
+fn compressible_text(len: usize) -> Vec<u8> {
+    const WORDS: [&str; 12] = [
+        "bucket", "extent", "journal", "btree", "inode", "the", "of", "and", "a", "sector",
+        "checksum", "snapshot",
+    ];
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut s = Vec::with_capacity(len + 32);
+    while s.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        match x % 16 {
+            0 => s.extend_from_slice(format!("{}\n", (x >> 8) % 1000).as_bytes()),
+            _ => {
+                s.extend_from_slice(WORDS[((x >> 8) % WORDS.len() as u64) as usize].as_bytes());
+                s.push(b' ');
+            }
+        }
+    }
+    s.truncate(len);
+    s
+}
+
+fn usage_json(path: &str) -> serde_json::Value {
+    let usage = arborfs(&["usage", "--json", path]);
+    assert!(usage.status.success(), "{}", usage.stderr);
+    serde_json::from_str(&usage.stdout).unwrap()
+}
+
+#[test]
+fn compression_mount_option_shows_in_usage() {
+    require_fuse!();
+    let mut f = Fixture::new();
+    f.mount_fg("compression=zstd");
+    let text = compressible_text(32 << 20);
+    {
+        use std::io::Write;
+        let mut file = fs::File::create(f.p("text")).unwrap();
+        file.write_all(&text).unwrap();
+        file.sync_all().unwrap();
+    }
+    // The xattr shows the effective setting.
+    let name = CString::new("user.arborfs.compression").unwrap();
+    let path = CString::new(f.p("text").as_os_str().as_bytes()).unwrap();
+    let mut buf = [0u8; 64];
+    // SAFETY: valid C strings and a buffer of the given length.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert_eq!(&buf[..n.max(0) as usize], b"zstd");
+    let check = |u: serde_json::Value| {
+        let c = &u["compression"];
+        let (logical, stored) = (
+            c["uncompressed_bytes"].as_u64().unwrap(),
+            c["stored_bytes"].as_u64().unwrap(),
+        );
+        let ratio = c["ratio"].as_f64().unwrap();
+        eprintln!("usage: {logical} bytes stored in {stored}, ratio {ratio:.2}");
+        assert!(logical >= text.len() as u64, "{u}");
+        assert!(ratio > 2.0, "{u}");
+        assert!((ratio - logical as f64 / stored as f64).abs() < 1e-6);
+    };
+    check(usage_json(f.mnt()));
+    assert!(fs::read(f.p("text")).unwrap() == text);
+    f.umount();
+    f.assert_clean();
+    check(usage_json(f.image()));
+    // Mounted again without the option, the data reads back the same.
+    f.mount_fg("");
+    assert!(fs::read(f.p("text")).unwrap() == text);
+    f.umount();
+}

@@ -14,6 +14,10 @@
 //!
 //! Trimming the front of an extent only advances `offset`; the stored,
 //! checksummed data stays whole so it can always be verified.
+//!
+//! Compressed stored data starts with a 4-byte little-endian length of the
+//! compressed stream, then the stream, then zeros to a sector multiple; see
+//! `fs::compress` and docs/format.md §9.1.
 
 pub const EXTENT_HEADER_BYTES: usize = 24;
 pub const EXTENT_PTR_BYTES: usize = 16;

@@ -6,8 +6,12 @@
 //! trims what they overwrite and its alloc trigger releases that space) and
 //! updates the inode. Reads verify the checksum of every stored unit they
 //! touch and fail with EIO rather than return wrong bytes.
+//!
+//! Units are compressed when that saves space (see [`super::compress`] for
+//! the stored layout); a read decompresses the whole unit it touches.
 
 use super::Fs;
+use super::compress::{self, Compression};
 use super::error::{FsError, FsResult};
 use super::inode::{MAX_FILE_SIZE, read_inode, to_attr, write_inode};
 use super::inode_format::InodeValue;
@@ -192,13 +196,8 @@ impl Fs {
         Ok(n)
     }
 
-    /// Reads and verifies one stored unit.
+    /// Reads and verifies one stored unit; returns it uncompressed.
     fn read_unit(&self, v: &ExtentValue, ptr: &ExtentPtr) -> FsResult<Vec<u8>> {
-        if v.compression != 0 {
-            return Err(FsError::Io(
-                "compressed extents are not supported by this version".into(),
-            ));
-        }
         let bucket = self.engine.geometry().bucket_of(ptr.dev_sector);
         let gen_now = self.engine.bucket(bucket)?.generation;
         if gen_now != ptr.generation {
@@ -217,7 +216,17 @@ impl Fs {
                 ptr.dev_sector
             )));
         }
-        Ok(data)
+        if v.compression == 0 {
+            return Ok(data);
+        }
+        let len = v.uncompressed_sectors as usize * SECTOR_BYTES as usize;
+        compress::decompress_unit(v.compression, &data, len).map_err(|e| {
+            tracing::error!(sector = ptr.dev_sector, "bad compressed data: {e}");
+            FsError::Io(format!(
+                "bad compressed data at sector {}: {e}",
+                ptr.dev_sector
+            ))
+        })
     }
 
     /// Writes `data` at `offset`, extending the file as needed.
@@ -252,7 +261,7 @@ impl Fs {
             self.read_inner(ino, blk_end - BLOCK, &mut buf[at..])?;
         }
         buf[(offset - blk_start) as usize..(end - blk_start) as usize].copy_from_slice(data);
-        let keys = self.store(ino, blk_start, &buf)?;
+        let keys = self.store(ino, blk_start, &buf, self.effective_compression(&v))?;
         self.tx(Durability::Lazy, |tx| {
             let mut v = read_inode(tx, ino)?;
             regular(&v)?;
@@ -273,27 +282,43 @@ impl Fs {
         Ok(data.len())
     }
 
-    /// Writes block-aligned `buf` (file offset `at`) to new space; returns
-    /// the extent keys to insert.
-    fn store(&self, ino: InodeNo, at: u64, buf: &[u8]) -> FsResult<Vec<Key>> {
+    /// Writes block-aligned `buf` (file offset `at`) to new space, each
+    /// unit compressed with `comp` where that saves space; returns the
+    /// extent keys to insert.
+    fn store(&self, ino: InodeNo, at: u64, buf: &[u8], comp: Compression) -> FsResult<Vec<Key>> {
         let kind = self.data_checksum();
+        let bucket_bytes = self.engine.geometry().bucket_sectors * SECTOR_BYTES;
+        let max_unit = MAX_EXTENT_BYTES.min(bucket_bytes) as usize;
         let mut keys = Vec::new();
         let mut done = 0usize;
         while done < buf.len() {
-            let want = (buf.len() - done).min(MAX_EXTENT_BYTES as usize);
-            let a = self
-                .engine
-                .alloc_data((want as u64 / SECTOR_BYTES) as u32)?;
-            let len = a.sectors as usize * SECTOR_BYTES as usize;
-            let chunk = &buf[done..done + len];
-            self.engine.write_data(a.dev_sector, chunk)?;
+            let unit = &buf[done..done + (buf.len() - done).min(max_unit)];
+            let packed = compress::compress_unit(comp, unit);
+            let need = packed.as_ref().map_or(unit.len(), |(p, _)| p.len()) / SECTOR_BYTES as usize;
+            let a = self.engine.alloc_data(need as u32)?;
+            let (stored, len, compression) = match &packed {
+                Some((p, c)) if a.sectors as usize == need => (&p[..], unit.len(), *c),
+                // Raw, in whole blocks of the space we got: also the end of
+                // a bucket too short for the compressed unit.
+                _ => {
+                    let len = (a.sectors as u64 * SECTOR_BYTES / BLOCK * BLOCK) as usize;
+                    if len == 0 {
+                        // Less than a block left in the bucket: it stays
+                        // unused, and the next allocation opens a new one.
+                        continue;
+                    }
+                    (&unit[..len], len, 0)
+                }
+            };
+            self.engine.write_data(a.dev_sector, stored)?;
+            let sectors = (len as u64 / SECTOR_BYTES) as u32;
             let v = ExtentValue {
                 csum_type: kind as u8,
-                compression: 0,
-                stored_sectors: a.sectors,
-                uncompressed_sectors: a.sectors,
+                compression,
+                stored_sectors: (stored.len() as u64 / SECTOR_BYTES) as u32,
+                uncompressed_sectors: sectors,
                 offset: 0,
-                csum: checksum(kind, chunk),
+                csum: checksum(kind, stored),
                 ptrs: vec![ExtentPtr {
                     dev_sector: a.dev_sector,
                     generation: a.generation,
@@ -303,7 +328,7 @@ impl Fs {
             keys.push(Key::extent(
                 ino.0,
                 start,
-                a.sectors,
+                sectors,
                 ROOT_SNAPSHOT,
                 KeyType::Extent,
                 v.encode(),
@@ -328,7 +353,7 @@ impl Fs {
             let mut b = vec![0u8; BLOCK as usize];
             self.read_inner(ino, blk, &mut b)?;
             b[(size - blk) as usize..].fill(0);
-            Some(self.store(ino, blk, &b)?)
+            Some(self.store(ino, blk, &b, self.effective_compression(&v))?)
         } else {
             None
         };
@@ -392,7 +417,8 @@ impl Fs {
         for (s, e) in holes {
             let _io = self.io_lock(ino).write();
             let zeros = vec![0u8; (e - s) as usize];
-            let keys = self.store(ino, s, &zeros)?;
+            // Preallocated space stays raw so it is really reserved.
+            let keys = self.store(ino, s, &zeros, Compression::NONE)?;
             self.tx(Durability::Lazy, |tx| {
                 let mut v = read_inode(tx, ino)?;
                 regular(&v)?;

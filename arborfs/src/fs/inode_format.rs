@@ -21,9 +21,10 @@
 //! | 80  | 8 | `rdev` |
 //! | 88  | 8 | `generation` |
 //! | 96  | 4 | `flags` ([`INODE_UNLINKED`], ...) |
-//! | 100 | 1 | `compression` option (0 = inherit filesystem default) |
+//! | 100 | 1 | `compression` option: 0 inherit (mount option, else superblock), 1 none, 2 lz4, 3 zstd |
 //! | 101 | 1 | `checksum` option (0 = inherit) |
-//! | 102 | 2 | reserved, zero |
+//! | 102 | 1 | `compression_level` (0 = library default; meaningful only when byte 100 is 2 or 3) |
+//! | 103 | 1 | reserved, zero |
 //! | 104 | 8 | `parent`: directory the inode was created in (fsck hint) |
 //! | 112 | 16 | reserved, zero |
 
@@ -52,6 +53,7 @@ pub struct InodeValue {
     pub flags: u32,
     pub compression: u8,
     pub checksum: u8,
+    pub compression_level: u8,
     pub parent: u64,
 }
 
@@ -77,12 +79,13 @@ impl InodeValue {
         b[96..100].copy_from_slice(&self.flags.to_le_bytes());
         b[100] = self.compression;
         b[101] = self.checksum;
+        b[102] = self.compression_level;
         b[104..112].copy_from_slice(&self.parent.to_le_bytes());
         b
     }
 
     pub fn decode(b: &[u8]) -> Option<InodeValue> {
-        if b.len() != INODE_BYTES || b[102..104] != [0, 0] || b[112..128].iter().any(|&x| x != 0) {
+        if b.len() != INODE_BYTES || b[103] != 0 || b[112..128].iter().any(|&x| x != 0) {
             return None;
         }
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
@@ -107,6 +110,7 @@ impl InodeValue {
             flags: u32_at(96),
             compression: b[100],
             checksum: b[101],
+            compression_level: b[102],
             parent: u64_at(104),
         };
         // A mode without a file type is damage.
@@ -135,8 +139,9 @@ mod tests {
             rdev: 14,
             generation: 15,
             flags: INODE_UNLINKED,
-            compression: 2,
+            compression: 3,
             checksum: 1,
+            compression_level: 7,
             parent: 4096,
         };
         let b = v.encode();
@@ -146,6 +151,7 @@ mod tests {
         assert_eq!(&b[44..48], &9u32.to_le_bytes());
         assert_eq!(&b[48..56], &8u64.to_le_bytes());
         assert_eq!(&b[72..80], &(-12i64).to_le_bytes());
+        assert_eq!(&b[100..104], &[3, 1, 7, 0]);
         assert_eq!(&b[104..112], &4096u64.to_le_bytes());
         assert_eq!(InodeValue::decode(&b), Some(v));
         assert_eq!(InodeValue::decode(&b[..127]), None);

@@ -5,6 +5,7 @@
 //! interface); `path` adds a path-based API for embedding. Every operation
 //! is one engine transaction, retried on restart.
 
+pub mod compress;
 pub mod data;
 pub mod dirent;
 pub mod dirent_format;
@@ -52,6 +53,9 @@ pub struct FsOptions {
     pub engine: EngineOptions,
     /// Don't update access times on reads.
     pub noatime: bool,
+    /// `-o compression=`: overrides the superblock's default for inodes
+    /// that inherit it.
+    pub compression: Option<compress::Compression>,
 }
 
 /// Space and inode counts for `statfs`.

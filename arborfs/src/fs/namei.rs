@@ -183,6 +183,9 @@ impl Fs {
                 rdev,
                 generation,
                 parent: parent.0,
+                // Children inherit the directory's compression option.
+                compression: d.compression,
+                compression_level: d.compression_level,
                 ..Default::default()
             };
             dirent::insert(tx, parent, name, ino, kind.d_type())?;

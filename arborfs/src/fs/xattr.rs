@@ -16,8 +16,14 @@
 //!   the file, and in a sticky directory only its owner (or root) writes.
 //!
 //! Setting or removing one updates the inode's ctime.
+//!
+//! `user.arborfs.compression` is not stored as an xattr: it reads and writes
+//! the inode's compression option (see [`super::compress`]). Reading it gives
+//! the effective setting; it is listed only when the inode has its own;
+//! removing it makes the inode inherit again.
 
 use super::Fs;
+use super::compress::{self, Compression};
 use super::error::{FsError, FsResult};
 use super::hashtab::{self, slot_pos};
 use super::inode::{read_inode, write_inode};
@@ -159,6 +165,9 @@ impl Fs {
         self.tx(Durability::Lazy, |tx| {
             let v = read_inode(tx, ino)?;
             check_perm(caller, &v, ns, short, false)?;
+            if name == compress::XATTR_NAME {
+                return Ok(self.effective_compression(&v).to_string().into_bytes());
+            }
             match probe(tx, ino, ns, short)?.0 {
                 Some((_, x)) => Ok(x.value),
                 None => Err(FsError::NoAttr),
@@ -187,6 +196,22 @@ impl Fs {
         }
         if ns == Namespace::System {
             check_acl(value)?;
+        }
+        if name == compress::XATTR_NAME {
+            let c = compress::parse_xattr(value)?;
+            return self.tx(Durability::Lazy, |tx| {
+                let mut v = read_inode(tx, ino)?;
+                check_perm(caller, &v, ns, short, true)?;
+                match (how, v.compression != 0) {
+                    (XattrSet::Create, true) => return Err(FsError::Exists),
+                    (XattrSet::Replace, false) => return Err(FsError::NoAttr),
+                    _ => {}
+                }
+                (v.compression, v.compression_level) = c.to_inode();
+                v.ctime = Timespec::now();
+                write_inode(tx, ino, &v);
+                Ok(())
+            });
         }
         let encoded = XattrValue {
             ns,
@@ -218,8 +243,13 @@ impl Fs {
     pub fn listxattr(&self, caller: &Caller, ino: InodeNo) -> FsResult<Vec<Vec<u8>>> {
         const BATCH: usize = 128;
         self.tx(Durability::Lazy, |tx| {
-            read_inode(tx, ino)?;
+            let v = read_inode(tx, ino)?;
             let mut out = Vec::new();
+            if Compression::from_inode(v.compression, v.compression_level).is_some()
+                && matches!(v.mode & S_IFMT, S_IFREG | S_IFDIR)
+            {
+                out.push(compress::XATTR_NAME.to_vec());
+            }
             let mut from = super::dirent_format::FIRST_SLOT;
             loop {
                 let keys = hashtab::list(tx, BtreeId::Xattrs, ino.0, from, BATCH)?;
@@ -243,6 +273,15 @@ impl Fs {
         self.tx(Durability::Lazy, |tx| {
             let mut v = read_inode(tx, ino)?;
             check_perm(caller, &v, ns, short, true)?;
+            if name == compress::XATTR_NAME {
+                if v.compression == 0 {
+                    return Err(FsError::NoAttr);
+                }
+                (v.compression, v.compression_level) = (0, 0);
+                v.ctime = Timespec::now();
+                write_inode(tx, ino, &v);
+                return Ok(());
+            }
             let (slot, _) = probe(tx, ino, ns, short)?.0.ok_or(FsError::NoAttr)?;
             hashtab::remove(tx, BtreeId::Xattrs, ino.0, slot)?;
             v.ctime = Timespec::now();
