@@ -30,15 +30,22 @@ pub const MAX_EXTENT_BYTES: u64 = 128 << 10;
 const _: () = assert!(MAX_EXTENT_BYTES / SECTOR_BYTES <= MAX_EXTENT_SECTORS as u64);
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What `fallocate` does; all false preallocates (and extends the size).
 pub struct FallocFlags {
+    /// Do not change the file size (FALLOC_FL_KEEP_SIZE).
     pub keep_size: bool,
+    /// Deallocate the range; it reads as zeros (FALLOC_FL_PUNCH_HOLE, needs keep_size).
     pub punch_hole: bool,
+    /// Make the range read as zeros (FALLOC_FL_ZERO_RANGE).
     pub zero_range: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What `lseek` looks for.
 pub enum SeekWhence {
+    /// The next offset holding data (SEEK_DATA).
     Data,
+    /// The next offset in a hole, or the end of the file (SEEK_HOLE).
     Hole,
 }
 

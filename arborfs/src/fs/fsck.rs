@@ -24,12 +24,19 @@ use crate::key::{BtreeId, Key, KeyType, Pos};
 /// What fsck found and did.
 #[derive(Clone, Debug, Default)]
 pub struct FsckReport {
+    /// One line per problem found, in the order found.
     pub problems: Vec<String>,
+    /// Problems repaired (only with `repair`).
     pub repaired: usize,
+    /// Problems found and left as they are.
     pub unrepaired: usize,
+    /// B-tree nodes read and verified.
     pub nodes: u64,
+    /// Inodes checked.
     pub inodes: u64,
+    /// Directory entries checked.
     pub dirents: u64,
+    /// Extents checked.
     pub extents: u64,
 }
 
@@ -44,6 +51,7 @@ impl FsckReport {
         }
     }
 
+    /// True if nothing was found.
     pub fn is_clean(&self) -> bool {
         self.problems.is_empty()
     }

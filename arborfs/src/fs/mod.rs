@@ -50,6 +50,7 @@ use inode_format::InodeValue;
 /// How a filesystem is opened.
 #[derive(Clone, Debug, Default)]
 pub struct FsOptions {
+    /// How the storage engine is opened (cache size, read-only, background thread).
     pub engine: EngineOptions,
     /// Don't update access times on reads.
     pub noatime: bool,
@@ -63,11 +64,17 @@ pub struct FsOptions {
 pub struct StatFs {
     /// Fundamental block size (bytes).
     pub bsize: u32,
+    /// Capacity for data, in `bsize` blocks.
     pub blocks: u64,
+    /// Free blocks (capacity less live data, metadata and the reserve).
     pub bfree: u64,
+    /// Free blocks available to unprivileged users (the same as `bfree`).
     pub bavail: u64,
+    /// Inode numbers in use or available.
     pub files: u64,
+    /// Inode numbers still available.
     pub ffree: u64,
+    /// Longest file name in bytes (255).
     pub namelen: u32,
 }
 
@@ -165,10 +172,12 @@ impl Fs {
         Ok(())
     }
 
+    /// The storage engine underneath (transactions, counters, copygc).
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
 
+    /// True if opened read-only: every change fails with `ReadOnly`.
     pub fn is_read_only(&self) -> bool {
         self.opts.engine.read_only
     }

@@ -73,6 +73,7 @@ impl Fs {
         self.create_node(caller, parent, name, kind, mode & 0o7777, rdev, None)
     }
 
+    /// Creates a directory `name` in `parent` with permission bits `mode` (umask already applied).
     pub fn mkdir(
         &self,
         caller: &Caller,
@@ -91,6 +92,7 @@ impl Fs {
         )
     }
 
+    /// Creates a symlink `name` in `parent` pointing at `target` (at most 4095 bytes).
     pub fn symlink(
         &self,
         caller: &Caller,
@@ -115,6 +117,7 @@ impl Fs {
         )
     }
 
+    /// The target of symlink `ino`.
     pub fn readlink(&self, ino: InodeNo) -> FsResult<Vec<u8>> {
         self.tx(Durability::Lazy, |tx| {
             let v = read_inode(tx, ino)?;

@@ -158,6 +158,7 @@ impl Fs {
         File::new(self, ino)
     }
 
+    /// Creates one directory (its parent must exist).
     pub fn create_dir(&self, path: impl AsRef<Path>, mode: u32) -> FsResult<Attr> {
         let (parent, name) = self.parent_and_name(path.as_ref())?;
         self.mkdir(&Caller::root(), parent, &name, mode)
@@ -176,11 +177,13 @@ impl Fs {
         Ok(())
     }
 
+    /// Removes a name of a non-directory (unlink).
     pub fn remove_file(&self, path: impl AsRef<Path>) -> FsResult<()> {
         let (parent, name) = self.parent_and_name(path.as_ref())?;
         self.unlink(&Caller::root(), parent, &name)
     }
 
+    /// Removes an empty directory (rmdir).
     pub fn remove_dir(&self, path: impl AsRef<Path>) -> FsResult<()> {
         let (parent, name) = self.parent_and_name(path.as_ref())?;
         self.rmdir(&Caller::root(), parent, &name)
@@ -221,6 +224,7 @@ impl Fs {
         self.getattr(self.resolve(path, false)?)
     }
 
+    /// The target of the symlink at `path`.
     pub fn read_link(&self, path: impl AsRef<Path>) -> FsResult<Vec<u8>> {
         self.readlink(self.resolve(path, false)?)
     }
@@ -273,21 +277,25 @@ impl Fs {
         self.setattr(&Caller::root(), ino, &set)
     }
 
+    /// Sets extended attribute `name` (with its namespace prefix, e.g. `user.`).
     pub fn set_xattr(&self, path: impl AsRef<Path>, name: &[u8], value: &[u8]) -> FsResult<()> {
         let ino = self.resolve(path, false)?;
         self.setxattr(&Caller::root(), ino, name, value, XattrSet::Any)
     }
 
+    /// The value of extended attribute `name`.
     pub fn get_xattr(&self, path: impl AsRef<Path>, name: &[u8]) -> FsResult<Vec<u8>> {
         let ino = self.resolve(path, false)?;
         self.getxattr(&Caller::root(), ino, name)
     }
 
+    /// The names of all extended attributes, with prefixes.
     pub fn list_xattr(&self, path: impl AsRef<Path>) -> FsResult<Vec<Vec<u8>>> {
         let ino = self.resolve(path, false)?;
         self.listxattr(&Caller::root(), ino)
     }
 
+    /// Removes extended attribute `name`.
     pub fn remove_xattr(&self, path: impl AsRef<Path>, name: &[u8]) -> FsResult<()> {
         let ino = self.resolve(path, false)?;
         self.removexattr(&Caller::root(), ino, name)
@@ -377,18 +385,22 @@ impl<'a> File<'a> {
         Ok(File { fs, ino, pos: 0 })
     }
 
+    /// The file's inode number.
     pub fn ino(&self) -> InodeNo {
         self.ino
     }
 
+    /// Reads at `offset` without moving the cursor; short only at end of file.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> FsResult<usize> {
         self.fs.read(self.ino, offset, buf)
     }
 
+    /// Writes at `offset` without moving the cursor.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> FsResult<usize> {
         self.fs.write(&Caller::root(), self.ino, offset, buf)
     }
 
+    /// Truncates or extends the file to `size` bytes.
     pub fn set_len(&self, size: u64) -> FsResult<()> {
         self.fs
             .set_size(&Caller::root(), self.ino, size)
@@ -406,6 +418,7 @@ impl<'a> File<'a> {
         )
     }
 
+    /// The file's attributes.
     pub fn metadata(&self) -> FsResult<Attr> {
         self.fs.getattr(self.ino)
     }

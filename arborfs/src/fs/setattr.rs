@@ -15,9 +15,13 @@ use crate::btree::trans::Durability;
 pub struct SetAttr {
     /// Permission bits (`& 0o7777`); the file type can't change.
     pub mode: Option<u32>,
+    /// New owner (only root may change it).
     pub uid: Option<u32>,
+    /// New group (root, or the owner to a group it is in).
     pub gid: Option<u32>,
+    /// New access time.
     pub atime: Option<TimeOrNow>,
+    /// New modification time.
     pub mtime: Option<TimeOrNow>,
     /// An explicit change time; otherwise any change sets ctime to now.
     pub ctime: Option<Timespec>,
@@ -26,7 +30,9 @@ pub struct SetAttr {
 /// A time to set: the current time, or a given one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimeOrNow {
+    /// The current time (allowed with write access).
     Now,
+    /// An explicit time (owner or root only).
     Time(Timespec),
 }
 
