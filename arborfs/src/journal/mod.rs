@@ -849,6 +849,10 @@ impl Journal {
             let mut open = self.open.lock();
             self.write_open_locked(&mut open, force)?;
         }
+        // Another thread may have taken an earlier entry out of the open
+        // slot and still be writing it (under the ring lock): wait for it,
+        // or `written` would not cover everything added before this call.
+        drop(self.ring.lock());
         let written = self.written_seq();
         if flush {
             self.flush_written(written)?;
