@@ -172,6 +172,13 @@ impl AllocState {
         self.counters[Counter::FreeBuckets as usize]
     }
 
+    /// A bucket is done being filled: if it ended up empty, the next
+    /// checkpoint frees it (`free_closed_empty`).
+    fn close_bucket(&mut self, bucket: u64) {
+        self.open.remove(&bucket);
+        self.closed.push(bucket);
+    }
+
     /// Forgets emptied buckets whose emptying is now durable.
     pub fn note_durable(&mut self, durable_seq: u64) {
         self.pending_empty.retain(|_, seq| *seq > durable_seq);
@@ -256,8 +263,7 @@ impl AllocState {
         if let Some(ob) = self.data_bucket
             && ob.used_sectors >= bs
         {
-            self.open.remove(&ob.bucket);
-            self.closed.push(ob.bucket);
+            self.close_bucket(ob.bucket);
             self.data_bucket = None;
         }
         let mut ob = match self.data_bucket {
@@ -298,8 +304,7 @@ impl AllocState {
         if let Some(ob) = self.copygc_bucket
             && ob.used_sectors + sectors as u64 > bs
         {
-            self.open.remove(&ob.bucket);
-            self.closed.push(ob.bucket);
+            self.close_bucket(ob.bucket);
             self.copygc_bucket = None;
         }
         let mut ob = match self.copygc_bucket {
@@ -332,14 +337,11 @@ impl AllocState {
     /// those whose data all went away while they were open. Otherwise they
     /// would stay "in use, 0 sectors" with no freespace key: leaked.
     pub fn close_all(&mut self) {
-        let data = self
-            .data_bucket
-            .take()
-            .into_iter()
-            .chain(self.copygc_bucket.take());
-        for ob in data.chain(self.btree_buckets.drain(..)) {
-            self.open.remove(&ob.bucket);
-            self.closed.push(ob.bucket);
+        let mut all: Vec<OpenBucket> = self.btree_buckets.drain(..).collect();
+        all.extend(self.data_bucket.take());
+        all.extend(self.copygc_bucket.take());
+        for ob in all {
+            self.close_bucket(ob.bucket);
         }
     }
 
@@ -378,8 +380,7 @@ impl AllocState {
                 return Ok((sector * crate::SECTOR_BYTES, ob.generation, ob.bucket));
             }
             let full = self.btree_buckets.pop_front().expect("front exists");
-            self.open.remove(&full.bucket);
-            self.closed.push(full.bucket);
+            self.close_bucket(full.bucket);
         }
         Err(Error::NoSpace)
     }

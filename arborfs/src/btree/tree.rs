@@ -733,10 +733,10 @@ impl TreeState {
 
     /// Number of dirty nodes (a walk over the dirty part of the tree).
     pub fn count_dirty(&self, ctx: &TreeCtx) -> Result<usize> {
-        self.count_dirty_rec(ctx, self.root, Pos::MIN, Pos::MAX)
+        self.count_dirty_rec(ctx, self.root)
     }
 
-    fn count_dirty_rec(&self, ctx: &TreeCtx, ptr: BtreePtr, min: Pos, max: Pos) -> Result<usize> {
+    fn count_dirty_rec(&self, ctx: &TreeCtx, ptr: BtreePtr) -> Result<usize> {
         let Some(n) = ctx.cache.get(ptr.offset) else {
             return Ok(0);
         };
@@ -752,9 +752,8 @@ impl TreeState {
         };
         let mut total = 1;
         for c in children {
-            total += self.count_dirty_rec(ctx, c.ptr, c.min, c.key)?;
+            total += self.count_dirty_rec(ctx, c.ptr)?;
         }
-        let _ = (min, max);
         Ok(total)
     }
 

@@ -200,9 +200,7 @@ impl Fs {
         durability: Durability,
         mut f: impl FnMut(&mut Transaction<'_>) -> FsResult<T>,
     ) -> FsResult<T> {
-        if self.is_read_only() {
-            // Reads run through here too; only commits are refused below.
-        }
+        // Reads run through here too; only commits are refused below.
         loop {
             let mut t = self.engine.begin();
             match f(&mut t) {
