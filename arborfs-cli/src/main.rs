@@ -116,6 +116,14 @@ enum Cmd {
         json: bool,
         image: PathBuf,
     },
+    /// Print every valid journal entry of an image (its header, whether a
+    /// crash replay would apply it, and its items)
+    ListJournal {
+        /// Print the items of each entry, not only the headers.
+        #[arg(long)]
+        items: bool,
+        image: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -227,6 +235,7 @@ fn run(cli: Cli) -> ExitCode {
             json,
             image,
         } => list(&image, &btree, start, end, json),
+        Cmd::ListJournal { items, image } => list_journal(&image, items),
     };
     report(r)
 }
@@ -455,6 +464,50 @@ fn list(image: &Path, btree: &str, start: Pos, end: Pos, as_json: bool) -> Resul
             writeln!(out, "{line}")?;
         } else {
             writeln!(out, "{} {} size {} {}", k.pos, k.ty.name(), k.size, v)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn list_journal(image: &Path, with_items: bool) -> Result<()> {
+    let dev = open_dev(image, false)?;
+    let entries = arborfs::engine::scan_journal(dev.as_ref())
+        .with_context(|| format!("cannot read the journal of {}", image.display()))?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    use std::io::Write;
+    for e in &entries {
+        let h = &e.header;
+        writeln!(
+            out,
+            "seq {} prev {} last_seq {} offset {} items {}{}",
+            h.seq,
+            h.prev_seq,
+            h.last_seq,
+            h.offset,
+            h.item_count,
+            if e.in_replay_chain { " replay" } else { "" }
+        )?;
+        if with_items {
+            for it in &e.items {
+                match it {
+                    arborfs::journal::JournalItem::Put { btree, key } => writeln!(
+                        out,
+                        "  put {} {} {} size {} {}",
+                        btree.name(),
+                        key.pos,
+                        key.ty.name(),
+                        key.size,
+                        describe(key)
+                    )?,
+                    arborfs::journal::JournalItem::Delete { btree, pos } => {
+                        writeln!(out, "  delete {} {pos}", btree.name())?
+                    }
+                    arborfs::journal::JournalItem::Root { btree, ptr } => {
+                        writeln!(out, "  root {} {ptr:?}", btree.name())?
+                    }
+                }
+            }
         }
     }
     out.flush()?;

@@ -254,6 +254,13 @@ pub(crate) fn items_bytes(items: &[JournalItem]) -> usize {
         .sum()
 }
 
+/// Every valid journal entry on `dev` (see [`crate::journal::scan_entries`]),
+/// read without opening the filesystem.
+pub fn scan_journal(dev: &dyn Device) -> Result<Vec<crate::journal::ScannedEntry>> {
+    let (sb, _) = Superblock::read(dev)?;
+    crate::journal::scan_entries(dev, &journal_config(&sb))
+}
+
 fn journal_config(sb: &Superblock) -> JournalConfig {
     JournalConfig {
         region_offset: sb.journal_offset(),

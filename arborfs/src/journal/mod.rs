@@ -407,6 +407,37 @@ fn scan_region(
     Ok(found)
 }
 
+/// One valid entry found by [`scan_entries`], for inspection tools.
+#[derive(Clone, Debug)]
+pub struct ScannedEntry {
+    pub header: EntryHeader,
+    pub items: Vec<JournalItem>,
+    /// Whether the replay of this region would apply this entry.
+    pub in_replay_chain: bool,
+}
+
+/// Every valid entry of the region in region order, each marked with
+/// whether a crash replay would apply it (`list-journal`, debugging).
+pub fn scan_entries(dev: &dyn Device, cfg: &JournalConfig) -> Result<Vec<ScannedEntry>> {
+    check_config(dev, cfg)?;
+    let found = scan_region(dev, cfg.region_offset, cfg.region_len, &cfg.uuid)?;
+    let all: Vec<(EntryHeader, Vec<JournalItem>)> =
+        found.iter().map(|f| (f.hdr, f.items.clone())).collect();
+    let chain: HashSet<(u64, u64)> = pick_tail(found)
+        .chain
+        .iter()
+        .map(|f| (f.hdr.seq, f.hdr.offset))
+        .collect();
+    Ok(all
+        .into_iter()
+        .map(|(header, items)| ScannedEntry {
+            in_replay_chain: chain.contains(&(header.seq, header.offset)),
+            header,
+            items,
+        })
+        .collect())
+}
+
 /// The outcome of picking a tail among scanned entries.
 struct Picked {
     /// Replay chain, ascending seq (empty if no tail).
