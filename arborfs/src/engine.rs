@@ -93,6 +93,41 @@ pub(crate) struct Inner {
 }
 
 /// An open filesystem image at the storage level: b-trees and transactions.
+/// Space handed out for data ([`Engine::alloc_data`]). Its bucket is
+/// pinned while this lives: not freed, not reopened, not collected, so the
+/// keys that will point at the space can be committed after the write
+/// without racing a checkpoint that would free the bucket (a later reuse
+/// would bump its generation and turn those keys into stale pointers).
+#[must_use = "drop it only after the keys pointing at the space are committed"]
+pub struct PinnedAlloc {
+    alloc: DataAlloc,
+    bucket: u64,
+    inner: Arc<Inner>,
+}
+
+impl PinnedAlloc {
+    pub(crate) fn new(inner: Arc<Inner>, alloc: DataAlloc, geo: &Geometry) -> PinnedAlloc {
+        PinnedAlloc {
+            bucket: geo.bucket_of(alloc.dev_sector),
+            alloc,
+            inner,
+        }
+    }
+}
+
+impl std::ops::Deref for PinnedAlloc {
+    type Target = DataAlloc;
+    fn deref(&self) -> &DataAlloc {
+        &self.alloc
+    }
+}
+
+impl Drop for PinnedAlloc {
+    fn drop(&mut self) {
+        self.inner.alloc.lock().unpin(self.bucket);
+    }
+}
+
 pub struct Engine {
     pub(crate) inner: Arc<Inner>,
     background: Option<JoinHandle<()>>,
@@ -653,7 +688,11 @@ impl Engine {
     /// Before returning `NoSpace` it makes buckets emptied by recent commits
     /// reusable (a journal flush), then runs a copygc pass (a second, more
     /// aggressive one if the first freed nothing), retrying after each.
-    pub fn alloc_data(&self, sectors: u32) -> Result<DataAlloc> {
+    ///
+    /// The bucket stays pinned until the returned [`PinnedAlloc`] is
+    /// dropped: drop it only after the keys pointing at the space were
+    /// committed (or abandoned).
+    pub fn alloc_data(&self, sectors: u32) -> Result<PinnedAlloc> {
         match self.alloc_data_once(sectors) {
             Err(Error::NoSpace) => {}
             r => return r,
@@ -677,7 +716,7 @@ impl Engine {
         Err(Error::NoSpace)
     }
 
-    fn alloc_data_once(&self, sectors: u32) -> Result<DataAlloc> {
+    fn alloc_data_once(&self, sectors: u32) -> Result<PinnedAlloc> {
         self.inner.check_writable()?;
         let ctx = self.inner.ctx();
         let alloc = self.inner.tree(BtreeId::Alloc).read();
@@ -690,6 +729,7 @@ impl Engine {
             self.inner.journal.durable_seq(),
             sectors,
         )
+        .map(|a| PinnedAlloc::new(self.inner.clone(), a, &st.geo))
     }
 
     /// Writes file data at `dev_sector`. Keys pointing at it may be

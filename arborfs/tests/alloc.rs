@@ -178,3 +178,58 @@ fn allocation_runs_out_with_enospc_not_a_panic() {
     .unwrap();
     e.checkpoint().unwrap();
 }
+
+/// Space handed out but not committed yet pins its bucket: after the write
+/// point moved past it and checkpoints ran, the bucket is neither freed nor
+/// handed out again (allocation wraps around the device several times
+/// meanwhile), and the key committed afterwards is live, with the bucket's
+/// generation unchanged. Without the pin a checkpoint between a write and
+/// its commit could free the bucket and a reuse turn the key stale.
+#[test]
+fn uncommitted_allocation_pins_its_bucket() {
+    let (_dev, e) = common::mem_engine(64 << 20);
+    let geo = e.geometry();
+    let bucket_sectors = geo.bucket_sectors as u32;
+    let a = e.alloc_data(bucket_sectors).unwrap();
+    assert_eq!(a.sectors, bucket_sectors);
+    let b = geo.bucket_of(a.dev_sector);
+    for round in 0..(3 * geo.nbuckets) {
+        // Each allocation closes the previous write point, uncommitted.
+        let x = e.alloc_data(bucket_sectors).unwrap();
+        assert_ne!(
+            geo.bucket_of(x.dev_sector),
+            b,
+            "round {round}: a pinned bucket was handed out again"
+        );
+        if round % 16 == 0 {
+            e.checkpoint().unwrap();
+            e.sync().unwrap();
+        }
+    }
+    let v = ExtentValue {
+        csum_type: 0,
+        compression: 0,
+        stored_sectors: bucket_sectors,
+        uncompressed_sectors: bucket_sectors,
+        offset: 0,
+        csum: 0,
+        ptrs: vec![ExtentPtr {
+            dev_sector: a.dev_sector,
+            generation: a.generation,
+        }],
+    };
+    let k = Key::extent(9, 0, bucket_sectors, 1, KeyType::Extent, v.encode());
+    e.transact(Durability::Lazy, |tx| {
+        tx.put(BtreeId::Extents, k.clone());
+        Ok(())
+    })
+    .unwrap();
+    drop(a);
+    e.checkpoint().unwrap();
+    let info = e.bucket(b).unwrap();
+    assert_eq!(info.generation, v.ptrs[0].generation, "bucket was reused");
+    assert_eq!(
+        (info.dirty_sectors, info.data_type),
+        (bucket_sectors, DataType::User)
+    );
+}

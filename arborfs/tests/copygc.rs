@@ -378,10 +378,6 @@ fn rewrite_in_place(dev_bytes: u64, file_bytes: u64, rounds: u32, background: bo
 /// file on a 128 MiB image rewritten in place 20 times with random 64 KiB
 /// writes: no ENOSPC, space within 25 % of the live data, contents match.
 #[test]
-// Flaky on a loaded machine (seen once in a clean CI run: a stale-pointer
-// EIO under concurrent copygc, and a NoSpace in round 4); ignored until
-// fixed: `cargo test -p arborfs --test copygc -- --ignored`.
-#[ignore]
 fn rewrite_in_place_20_times_small() {
     rewrite_in_place(128 << 20, 50 << 20, 20, true);
 }
@@ -487,10 +483,6 @@ fn crash_during_copygc_keeps_data() {
 /// looked up an extent just before it moved look it up again (no spurious
 /// EIO), overwritten keys' copies are dropped, contents match the model.
 #[test]
-// Flaky on a loaded machine (seen once in a clean CI run: a stale-pointer
-// EIO under concurrent copygc, and a NoSpace in round 4); ignored until
-// fixed: `cargo test -p arborfs --test copygc -- --ignored`.
-#[ignore]
 fn copygc_concurrent_with_reads_and_writes() {
     let dev = Arc::new(MemDevice::new(48 << 20));
     format_fs(dev.clone(), 64 << 10);
@@ -532,7 +524,9 @@ fn copygc_concurrent_with_reads_and_writes() {
             model[at..at + len].copy_from_slice(&buf);
         } else {
             let mut buf = vec![0u8; len];
-            let n = fs.read(ino, at as u64, &mut buf).unwrap();
+            let n = fs
+                .read(ino, at as u64, &mut buf)
+                .unwrap_or_else(|e| panic!("read at {at} len {len}: {e:?}"));
             assert_eq!(n, len);
             assert!(buf == model[at..at + len], "read at {at} differs");
         }

@@ -199,7 +199,7 @@ impl Engine {
         let limit = (geo.bucket_sectors as f64 * opts.max_live_fraction) as u64;
         let (open, mut budget) = {
             let st = self.inner.alloc.lock();
-            (st.open.clone(), st.copygc_space())
+            (st.busy_buckets(), st.copygc_space())
         };
         let mut found = Vec::new();
         let end = Pos::new(0, u64::MAX, u32::MAX);
@@ -241,6 +241,8 @@ impl Engine {
     ) -> Result<bool> {
         // (old key, new keys, sectors written)
         let mut moves: Vec<(Key, Vec<Key>, u64)> = Vec::new();
+        // The space the moves were written to stays pinned until committed.
+        let mut pins = Vec::new();
         let mut space = true;
         'units: for (first, cands) in units {
             let v0 = &cands[0].val.clone();
@@ -277,11 +279,13 @@ impl Engine {
                     r => r?,
                 };
                 self.write_data(a.dev_sector, &data)?;
+                let (dev_sector, generation) = (a.dev_sector, a.generation);
+                pins.push(a);
                 for c in cands {
                     let mut nv = c.val.clone();
                     nv.ptrs = vec![ExtentPtr {
-                        dev_sector: a.dev_sector,
-                        generation: a.generation,
+                        dev_sector,
+                        generation,
                     }];
                     let nk = Key {
                         value: nv.encode(),
@@ -327,6 +331,7 @@ impl Engine {
                 };
                 let sectors = c.key.size as u64;
                 moves.push((c.key, vec![nk], sectors));
+                pins.push(a);
             }
         }
         if moves.is_empty() {
@@ -352,6 +357,7 @@ impl Engine {
             Ok(done)
         });
         inner.move_seq.fetch_add(1, Ordering::AcqRel);
+        drop(pins);
         let (moved, raced, sectors) = r?;
         report.keys_moved += moved;
         report.keys_raced += raced;
@@ -362,7 +368,7 @@ impl Engine {
     /// Copygc's allocation: see [`AllocState::alloc_copygc`]. When out of
     /// space, makes buckets emptied by earlier moves reusable (a journal
     /// flush) and tries once more.
-    fn alloc_copygc(&self, sectors: u32) -> Result<super::DataAlloc> {
+    fn alloc_copygc(&self, sectors: u32) -> Result<crate::engine::PinnedAlloc> {
         let once = || {
             let inner = &self.inner;
             let ctx = inner.ctx();
@@ -370,6 +376,7 @@ impl Engine {
             let free = inner.tree(BtreeId::Freespace).read();
             let mut st = inner.alloc.lock();
             st.alloc_copygc(&ctx, &alloc, &free, inner.journal.durable_seq(), sectors)
+                .map(|a| crate::engine::PinnedAlloc::new(inner.clone(), a, &st.geo))
         };
         match once() {
             Err(Error::NoSpace) if self.has_pending_empty() => {
@@ -396,6 +403,6 @@ impl Engine {
 /// Whether free space is low enough for the background thread to collect:
 /// fewer than twice the reserve plus a margin of buckets available.
 pub(crate) fn wants_copygc(st: &AllocState) -> bool {
-    let available = st.free_buckets() - st.open.len() as i64;
+    let available = st.free_buckets() - st.busy_count();
     available < 2 * st.geo.reserved_buckets() as i64 + 8
 }

@@ -104,6 +104,11 @@ pub struct AllocState {
     pub pending_empty: HashMap<u64, u64>,
     /// Buckets closed while possibly empty: checked at the next checkpoint.
     pub closed: Vec<u64>,
+    /// Space handed out but not yet committed, per bucket: a pinned bucket
+    /// is never freed or reopened, even after its write point moved on, so
+    /// a key committed after the allocation never points into a bucket
+    /// that was meanwhile freed, reused and given a new generation.
+    pins: HashMap<u64, u32>,
     cursor: u64,
     /// Mirror of the accounting key.
     pub counters: [i64; COUNTERS],
@@ -163,6 +168,7 @@ impl AllocState {
             btree_buckets: VecDeque::new(),
             pending_empty: HashMap::new(),
             closed: Vec::new(),
+            pins: HashMap::new(),
             cursor: geo.first_data_bucket,
             counters,
         }
@@ -173,10 +179,49 @@ impl AllocState {
     }
 
     /// A bucket is done being filled: if it ended up empty, the next
-    /// checkpoint frees it (`free_closed_empty`).
+    /// checkpoint frees it (`free_closed_empty`). A pinned bucket goes on
+    /// the closed list when its last pin is released.
     fn close_bucket(&mut self, bucket: u64) {
         self.open.remove(&bucket);
-        self.closed.push(bucket);
+        if !self.pins.contains_key(&bucket) {
+            self.closed.push(bucket);
+        }
+    }
+
+    /// Open for writing, or holding space handed out but not committed:
+    /// such a bucket is neither freed nor opened again.
+    pub fn is_busy(&self, bucket: u64) -> bool {
+        self.open.contains(&bucket) || self.pins.contains_key(&bucket)
+    }
+
+    /// Buckets that are busy (see [`AllocState::is_busy`]); they may still
+    /// count as free in the accounting until their data is committed.
+    pub fn busy_count(&self) -> i64 {
+        (self.open.len() + self.pins.keys().filter(|b| !self.open.contains(b)).count()) as i64
+    }
+
+    /// Every busy bucket.
+    pub fn busy_buckets(&self) -> HashSet<u64> {
+        self.open.iter().chain(self.pins.keys()).copied().collect()
+    }
+
+    /// Notes that space in `bucket` was handed out (see `pins`).
+    pub fn pin(&mut self, bucket: u64) {
+        *self.pins.entry(bucket).or_default() += 1;
+    }
+
+    /// The allocation's keys were committed (or it was abandoned).
+    pub fn unpin(&mut self, bucket: u64) {
+        match self.pins.get_mut(&bucket) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                self.pins.remove(&bucket);
+                if !self.open.contains(&bucket) {
+                    self.closed.push(bucket);
+                }
+            }
+            None => debug_assert!(false, "unpin of bucket {bucket} that is not pinned"),
+        }
     }
 
     /// Forgets emptied buckets whose emptying is now durable.
@@ -194,7 +239,7 @@ impl AllocState {
         keep_reserve: Reserve,
     ) -> Result<OpenBucket> {
         self.note_durable(durable_seq);
-        let available = self.free_buckets() - self.open.len() as i64;
+        let available = self.free_buckets() - self.busy_count();
         let reserve = match keep_reserve {
             Reserve::User => self.geo.reserved_buckets() as i64,
             Reserve::Copygc => self.geo.copygc_reserved_buckets() as i64,
@@ -224,7 +269,7 @@ impl AllocState {
                         format!("freespace key for bucket {b} outside the data area"),
                     ));
                 }
-                if self.open.contains(&b) || self.pending_empty.contains_key(&b) {
+                if self.is_busy(b) || self.pending_empty.contains_key(&b) {
                     continue;
                 }
                 let generation = match alloc.get(ctx, bucket_pos(b))? {
@@ -274,6 +319,7 @@ impl AllocState {
         let dev_sector = ob.bucket * bs + ob.used_sectors;
         ob.used_sectors += n as u64;
         self.data_bucket = Some(ob);
+        self.pin(ob.bucket);
         Ok(DataAlloc {
             dev_sector,
             sectors: n,
@@ -314,6 +360,7 @@ impl AllocState {
         let dev_sector = ob.bucket * bs + ob.used_sectors;
         ob.used_sectors += sectors as u64;
         self.copygc_bucket = Some(ob);
+        self.pin(ob.bucket);
         Ok(DataAlloc {
             dev_sector,
             sectors,
@@ -324,9 +371,8 @@ impl AllocState {
     /// Free buckets copygc may still open (beyond its own reserve), plus
     /// what is left of its open bucket, in sectors.
     pub fn copygc_space(&self) -> u64 {
-        let available = self.free_buckets()
-            - self.open.len() as i64
-            - self.geo.copygc_reserved_buckets() as i64;
+        let available =
+            self.free_buckets() - self.busy_count() - self.geo.copygc_reserved_buckets() as i64;
         let left = self
             .copygc_bucket
             .map_or(0, |b| self.geo.bucket_sectors - b.used_sectors);
@@ -471,7 +517,7 @@ pub fn apply_bucket_deltas(
                 )?;
                 counters[Counter::FreeBuckets as usize] -= 1;
             }
-        } else if old.dirty_sectors > 0 && new.dirty_sectors == 0 && !st.open.contains(&bucket) {
+        } else if old.dirty_sectors > 0 && new.dirty_sectors == 0 && !st.is_busy(bucket) {
             mark_free(ctx, freespace, &mut new, bucket, items)?;
             counters[Counter::FreeBuckets as usize] += 1;
             emptied.push(bucket);
@@ -518,7 +564,8 @@ pub fn free_closed_empty(
     let mut emptied = Vec::new();
     let mut counters = [0i64; COUNTERS];
     for bucket in std::mem::take(&mut st.closed) {
-        if st.open.contains(&bucket) {
+        // A busy bucket is listed again when it stops being busy.
+        if st.is_busy(bucket) {
             continue;
         }
         let Some(v) = alloc.get(ctx, bucket_pos(bucket))? else {

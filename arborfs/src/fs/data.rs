@@ -123,6 +123,13 @@ fn overlap_sectors(keys: &[Key], start: u64, end: u64) -> u64 {
         .sum()
 }
 
+/// Data written by `store`: the keys to commit, and the pins that keep
+/// their buckets from being freed until the commit (drop after it).
+struct Stored {
+    keys: Vec<Key>,
+    _pins: Vec<crate::engine::PinnedAlloc>,
+}
+
 impl Fs {
     fn data_checksum(&self) -> ChecksumType {
         self.engine.superblock().data_checksum
@@ -268,7 +275,8 @@ impl Fs {
             self.read_inner(ino, blk_end - BLOCK, &mut buf[at..])?;
         }
         buf[(offset - blk_start) as usize..(end - blk_start) as usize].copy_from_slice(data);
-        let keys = self.store(ino, blk_start, &buf, self.effective_compression(&v))?;
+        let Stored { keys, _pins } =
+            self.store(ino, blk_start, &buf, self.effective_compression(&v))?;
         self.tx(Durability::Lazy, |tx| {
             let mut v = read_inode(tx, ino)?;
             regular(&v)?;
@@ -291,12 +299,14 @@ impl Fs {
 
     /// Writes block-aligned `buf` (file offset `at`) to new space, each
     /// unit compressed with `comp` where that saves space; returns the
-    /// extent keys to insert.
-    fn store(&self, ino: InodeNo, at: u64, buf: &[u8], comp: Compression) -> FsResult<Vec<Key>> {
+    /// extent keys to insert, and the pins on their buckets to hold until
+    /// those keys are committed.
+    fn store(&self, ino: InodeNo, at: u64, buf: &[u8], comp: Compression) -> FsResult<Stored> {
         let kind = self.data_checksum();
         let bucket_bytes = self.engine.geometry().bucket_sectors * SECTOR_BYTES;
         let max_unit = MAX_EXTENT_BYTES.min(bucket_bytes) as usize;
         let mut keys = Vec::new();
+        let mut pins = Vec::new();
         let mut done = 0usize;
         while done < buf.len() {
             let unit = &buf[done..done + (buf.len() - done).min(max_unit)];
@@ -340,9 +350,10 @@ impl Fs {
                 KeyType::Extent,
                 v.encode(),
             ));
+            pins.push(a);
             done += len;
         }
-        Ok(keys)
+        Ok(Stored { keys, _pins: pins })
     }
 
     /// Truncates or extends a regular file.
@@ -373,7 +384,7 @@ impl Fs {
                 let gone = overlap_sectors(&extents_in(tx, ino, cut, end)?, cut, end);
                 tx.delete_range(BtreeId::Extents, ino.0, ROOT_SNAPSHOT, cut, end);
                 v.sectors = v.sectors.saturating_sub(gone);
-                if let Some(keys) = &tail {
+                if let Some(Stored { keys, .. }) = &tail {
                     let (s, e) = (keys[0].start(), keys[0].end());
                     let old = overlap_sectors(&extents_in(tx, ino, s, e)?, s, e);
                     for k in keys {
@@ -425,7 +436,7 @@ impl Fs {
             let _io = self.io_lock(ino).write();
             let zeros = vec![0u8; (e - s) as usize];
             // Preallocated space stays raw so it is really reserved.
-            let keys = self.store(ino, s, &zeros, Compression::NONE)?;
+            let Stored { keys, _pins } = self.store(ino, s, &zeros, Compression::NONE)?;
             self.tx(Durability::Lazy, |tx| {
                 let mut v = read_inode(tx, ino)?;
                 regular(&v)?;
