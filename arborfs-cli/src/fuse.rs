@@ -262,11 +262,51 @@ fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
 /// the session runs several dispatch threads.
 pub struct ArborFuse {
     fs: Arc<Fs>,
+    /// Set once the session exists: tells the kernel to drop cached pages
+    /// and attributes the filesystem changed behind its back.
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
+
+/// File handles of files opened with O_DIRECT carry this bit: their IO
+/// bypasses the kernel's page cache (FOPEN_DIRECT_IO) and ours.
+const DIRECT_FH: u64 = 1 << 63;
 
 impl ArborFuse {
     pub fn new(fs: Arc<Fs>) -> ArborFuse {
-        ArborFuse { fs }
+        ArborFuse {
+            fs,
+            notifier: Arc::new(std::sync::OnceLock::new()),
+        }
+    }
+
+    /// Drops the kernel's cached pages of `[offset, offset + len)` and the
+    /// inode's cached attributes. Used after changes the kernel did not
+    /// make through its own page cache: direct writes (other descriptors
+    /// and mappings of the file may hold older pages), copy_file_range
+    /// destinations, fallocate.
+    fn invalidate(&self, ino: INodeNo, offset: u64, len: u64) {
+        if let Some(n) = self.notifier.get() {
+            let len = i64::try_from(len).unwrap_or(i64::MAX);
+            let offset = i64::try_from(offset).unwrap_or(i64::MAX);
+            // ENOENT: the kernel has no such inode cached; nothing to drop.
+            if let Err(e) = n.inval_inode(ino, offset, len)
+                && e.raw_os_error() != Some(libc::ENOENT)
+            {
+                eprintln!("arborfs: cache invalidation of inode {} failed: {e}", ino.0);
+            }
+        }
+    }
+
+    /// Open flags for a new handle: O_DIRECT handles bypass every cache;
+    /// others keep the kernel's cached pages across opens, which is safe
+    /// because every change of file data either goes through the kernel's
+    /// page cache or is followed by `invalidate`.
+    fn open_reply(ino: InodeNo, flags: i32) -> (FileHandle, FopenFlags) {
+        if flags & libc::O_DIRECT != 0 {
+            (FileHandle(ino.0 | DIRECT_FH), FopenFlags::FOPEN_DIRECT_IO)
+        } else {
+            (FileHandle(ino.0), FopenFlags::FOPEN_KEEP_CACHE)
+        }
     }
 }
 
@@ -493,10 +533,13 @@ impl Filesystem for ArborFuse {
         reply_entry(reply, r);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let ino = node_to_ino(ino);
         match self.fs.open_inode(ino) {
-            Ok(_) => reply.opened(FileHandle(ino.0), FopenFlags::empty()),
+            Ok(_) => {
+                let (fh, fl) = Self::open_reply(ino, flags.0);
+                reply.opened(fh, fl)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -505,7 +548,7 @@ impl Filesystem for ArborFuse {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
@@ -513,7 +556,12 @@ impl Filesystem for ArborFuse {
         reply: ReplyData,
     ) {
         let mut buf = vec![0u8; size as usize];
-        match self.fs.read(node_to_ino(ino), offset, &mut buf) {
+        let r = if fh.0 & DIRECT_FH != 0 {
+            self.fs.read_direct(node_to_ino(ino), offset, &mut buf)
+        } else {
+            self.fs.read(node_to_ino(ino), offset, &mut buf)
+        };
+        match r {
             Ok(n) => reply.data(&buf[..n.min(buf.len())]),
             Err(e) => reply.error(errno(&e)),
         }
@@ -523,7 +571,7 @@ impl Filesystem for ArborFuse {
         &self,
         req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
@@ -531,7 +579,18 @@ impl Filesystem for ArborFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(&caller(req), node_to_ino(ino), offset, data) {
+        let who = caller(req);
+        if fh.0 & DIRECT_FH != 0 {
+            match self.fs.write_direct(&who, node_to_ino(ino), offset, data) {
+                Ok(n) => {
+                    self.invalidate(ino, offset, data.len() as u64);
+                    reply.written(n as u32)
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+            return;
+        }
+        match self.fs.write(&who, node_to_ino(ino), offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }
@@ -757,13 +816,10 @@ impl Filesystem for ArborFuse {
         };
         let r = r.and_then(|a| self.fs.open_inode(a.ino));
         match r {
-            Ok(a) => reply.created(
-                &TTL,
-                &file_attr(&a),
-                Generation(a.generation),
-                FileHandle(a.ino.0),
-                FopenFlags::empty(),
-            ),
+            Ok(a) => {
+                let (fh, fl) = Self::open_reply(a.ino, flags);
+                reply.created(&TTL, &file_attr(&a), Generation(a.generation), fh, fl)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -789,11 +845,13 @@ impl Filesystem for ArborFuse {
             punch_hole: mode & libc::FALLOC_FL_PUNCH_HOLE != 0,
             zero_range: mode & libc::FALLOC_FL_ZERO_RANGE != 0,
         };
-        reply_empty(
-            reply,
-            self.fs
-                .fallocate(&caller(req), node_to_ino(ino), offset, length, flags),
-        );
+        let r = self
+            .fs
+            .fallocate(&caller(req), node_to_ino(ino), offset, length, flags);
+        if r.is_ok() && (flags.punch_hole || flags.zero_range) {
+            self.invalidate(ino, offset, length);
+        }
+        reply_empty(reply, r);
     }
 
     fn lseek(
@@ -852,7 +910,10 @@ impl Filesystem for ArborFuse {
             len,
         );
         match r {
-            Ok(n) => reply.written(n as u32),
+            Ok(n) => {
+                self.invalidate(ino_out, offset_out, n);
+                reply.written(n as u32)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -872,6 +933,8 @@ pub struct MountOpts {
     pub noexec: bool,
     /// `size=`: size of a new image.
     pub size: Option<String>,
+    /// `cache_size=SIZE`: byte limit of the page cache (default 64M).
+    pub cache_size: Option<u64>,
     /// `remount`: change the flags of a live mount.
     pub remount: bool,
     /// `compression=none|lz4|zstd[:LEVEL]`: overrides the image's default
@@ -920,6 +983,14 @@ pub fn parse_mount_opts(list: &str) -> Result<MountOpts> {
             | "nofail"
             | "async" => {}
             _ if opt.starts_with("size=") => o.size = Some(opt["size=".len()..].to_string()),
+            _ if opt.starts_with("cache_size=") => {
+                let v = &opt["cache_size=".len()..];
+                let n = crate::parse_size(v).with_context(|| format!("bad cache_size {v:?}"))?;
+                if n < 1 << 20 {
+                    anyhow::bail!("cache_size {v:?} is below the minimum of 1M");
+                }
+                o.cache_size = Some(n);
+            }
             _ if opt.starts_with("compression=") => {
                 let v = &opt["compression=".len()..];
                 o.compression = Some(Compression::parse(v).with_context(|| {
@@ -973,12 +1044,16 @@ pub fn mount(fs: Arc<Fs>, image: &Path, mountpoint: &Path, o: &MountOpts) -> Res
     config.n_threads = Some(dispatch_threads());
     config.clone_fd = true;
     let adapter = ArborFuse::new(fs);
+    let notifier = adapter.notifier.clone();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         let fd = mount_direct(image, mountpoint, o)?;
         config.acl = SessionACL::All; // the kernel enforces allow_other itself
         match Session::from_fd(adapter, fd, SessionACL::All, config) {
-            Ok(session) => Ok(Mounted { session }),
+            Ok(session) => {
+                let _ = notifier.set(session.notifier());
+                Ok(Mounted { session })
+            }
             Err(e) => {
                 let _ = unmount(mountpoint, true);
                 Err(e).context("FUSE handshake failed")
@@ -1013,6 +1088,7 @@ pub fn mount(fs: Arc<Fs>, image: &Path, mountpoint: &Path, o: &MountOpts) -> Res
                 mountpoint.display()
             )
         })?;
+        let _ = notifier.set(session.notifier());
         Ok(Mounted { session })
     }
 }
@@ -1239,6 +1315,12 @@ mod tests {
         .unwrap();
         assert!(o.remount && o.read_only && o.noatime);
         assert!(parse_mount_opts("bogus").is_err());
+        assert_eq!(
+            parse_mount_opts("cache_size=256M").unwrap().cache_size,
+            Some(256 << 20)
+        );
+        assert!(parse_mount_opts("cache_size=1K").is_err());
+        assert!(parse_mount_opts("cache_size=lots").is_err());
         let o = parse_mount_opts("rw,compression=zstd:7").unwrap();
         assert_eq!(o.compression, Compression::parse("zstd:7"));
         assert_eq!(

@@ -225,6 +225,7 @@ fn serve(image: &Path, mnt: &Path, o: &MountOpts, notify: &mut Notify) -> Result
             },
             noatime: o.noatime,
             compression: o.compression,
+            page_cache_bytes: o.cache_size.unwrap_or(0) as usize,
         },
     )
     .with_context(|| format!("cannot open the filesystem on {}", image.display()))?;

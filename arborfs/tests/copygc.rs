@@ -479,7 +479,8 @@ fn crash_during_copygc_keeps_data() {
     }
 }
 
-/// Copygc racing with reads and overwrites of the same file: readers that
+/// Copygc racing with (direct, so they hit the disk) reads and overwrites
+/// of the same file: readers that
 /// looked up an extent just before it moved look it up again (no spurious
 /// EIO), overwritten keys' copies are dropped, contents match the model.
 #[test]
@@ -520,12 +521,12 @@ fn copygc_concurrent_with_reads_and_writes() {
         if i % 2 == 0 {
             let mut buf = vec![0u8; len];
             rng.fill(&mut buf);
-            fs.write(&me, ino, at as u64, &buf).unwrap();
+            fs.write_direct(&me, ino, at as u64, &buf).unwrap();
             model[at..at + len].copy_from_slice(&buf);
         } else {
             let mut buf = vec![0u8; len];
             let n = fs
-                .read(ino, at as u64, &mut buf)
+                .read_direct(ino, at as u64, &mut buf)
                 .unwrap_or_else(|e| panic!("read at {at} len {len}: {e:?}"));
             assert_eq!(n, len);
             assert!(buf == model[at..at + len], "read at {at} differs");

@@ -167,6 +167,8 @@ fn fill(fs: &Fs, ino: InodeNo, total: u64, generate: fn(u64, usize) -> Vec<u8>) 
         let chunk = generate(i, MIB as usize);
         fs.write(&Caller::root(), ino, i * MIB, &chunk).unwrap();
     }
+    // Buffered data is on disk (and counted) once written back.
+    fs.fsync(ino, false).unwrap();
     let after = usage(fs);
     let (stored, logical) = (after.0 - before.0, after.1 - before.1);
     eprintln!(

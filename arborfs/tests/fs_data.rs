@@ -1,6 +1,7 @@
-//! File data through the filesystem layer: random writes, truncates, hole
-//! punches and reads compared with a byte-vector model, across clean
-//! reopens and crashes after fsync; checksums turn damage into EIO.
+//! File data through the filesystem layer: random buffered and direct
+//! writes and reads, truncates and hole punches compared with a byte-vector
+//! model (through a 1 MiB page cache), across clean reopens and crashes
+//! after fsync; checksums turn damage into EIO.
 
 use std::sync::Arc;
 
@@ -19,6 +20,9 @@ fn opts() -> FsOptions {
             cache_bytes: 4 << 20,
             ..Default::default()
         },
+        // The smallest page cache: writes hit the dirty limit and reads
+        // evict, so every path between cache and disk is exercised.
+        page_cache_bytes: 1 << 20,
         ..Default::default()
     }
 }
@@ -57,6 +61,8 @@ enum Op {
     Truncate { size: u64 },
     Punch { off: u64, len: u64 },
     Read { off: u64, len: usize },
+    DirectWrite { off: u64, len: usize, byte: u8 },
+    DirectRead { off: u64, len: usize },
     Fsync,
     Reopen,
     CrashAfterFsync,
@@ -68,6 +74,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..500_000u64).prop_map(|size| Op::Truncate { size }),
         2 => (0..400_000u64, 1..100_000u64).prop_map(|(off, len)| Op::Punch { off, len }),
         4 => (0..450_000u64, 1..100_000usize).prop_map(|(off, len)| Op::Read { off, len }),
+        3 => (0..400_000u64, 1..70_000usize, any::<u8>()).prop_map(|(off, len, byte)| Op::DirectWrite { off, len, byte }),
+        2 => (0..450_000u64, 1..100_000usize).prop_map(|(off, len)| Op::DirectRead { off, len }),
         1 => Just(Op::Fsync),
         1 => Just(Op::Reopen),
         1 => Just(Op::CrashAfterFsync),
@@ -84,9 +92,14 @@ fn run(ops: Vec<Op>) {
     let mut model: Vec<u8> = Vec::new();
     for op in ops {
         match op {
-            Op::Write { off, len, byte } => {
+            Op::Write { off, len, byte } | Op::DirectWrite { off, len, byte } => {
                 let data = vec![byte; len];
-                assert_eq!(fs.write(&me, ino, off, &data).unwrap(), len);
+                let n = if matches!(op, Op::Write { .. }) {
+                    fs.write(&me, ino, off, &data).unwrap()
+                } else {
+                    fs.write_direct(&me, ino, off, &data).unwrap()
+                };
+                assert_eq!(n, len);
                 let end = off as usize + len;
                 if model.len() < end {
                     model.resize(end, 0);
@@ -114,9 +127,13 @@ fn run(ops: Vec<Op>) {
                 let e = ((off + len) as usize).min(model.len());
                 model[s..e].fill(0);
             }
-            Op::Read { off, len } => {
+            Op::Read { off, len } | Op::DirectRead { off, len } => {
                 let mut buf = vec![0xeeu8; len];
-                let n = fs.read(ino, off, &mut buf).unwrap();
+                let n = if matches!(op, Op::Read { .. }) {
+                    fs.read(ino, off, &mut buf).unwrap()
+                } else {
+                    fs.read_direct(ino, off, &mut buf).unwrap()
+                };
                 let want: &[u8] = model
                     .get(off as usize..)
                     .map_or(&[], |t| &t[..t.len().min(len)]);

@@ -26,7 +26,7 @@
 //! superblock's default (`format --compression`). New inodes copy their
 //! directory's option at creation.
 
-use super::Fs;
+use super::FsCore;
 use super::error::{FsError, FsResult};
 use super::inode_format::InodeValue;
 use crate::SECTOR_BYTES;
@@ -98,7 +98,7 @@ impl std::fmt::Display for Compression {
     }
 }
 
-impl Fs {
+impl FsCore {
     /// The compression new data of inode `v` gets: its own option, else
     /// the mount's, else the superblock's.
     pub(crate) fn effective_compression(&self, v: &InodeValue) -> Compression {

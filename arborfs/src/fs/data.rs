@@ -10,7 +10,7 @@
 //! Units are compressed when that saves space (see [`super::compress`] for
 //! the stored layout); a read decompresses the whole unit it touches.
 
-use super::Fs;
+use super::FsCore;
 use super::compress::{self, Compression};
 use super::error::{FsError, FsResult};
 use super::inode::{MAX_FILE_SIZE, read_inode, to_attr, write_inode};
@@ -57,11 +57,11 @@ fn checksum(kind: ChecksumType, data: &[u8]) -> u64 {
     }
 }
 
-fn checksum_type(v: u8) -> FsResult<ChecksumType> {
+pub(crate) fn checksum_type(v: u8) -> FsResult<ChecksumType> {
     ChecksumType::from_u8(v).ok_or_else(|| FsError::Corrupted(format!("unknown checksum type {v}")))
 }
 
-fn regular(v: &InodeValue) -> FsResult<()> {
+pub(crate) fn regular(v: &InodeValue) -> FsResult<()> {
     match v.mode & S_IFMT {
         S_IFREG => Ok(()),
         S_IFDIR => Err(FsError::IsDir),
@@ -71,7 +71,7 @@ fn regular(v: &InodeValue) -> FsResult<()> {
 
 /// Clears setuid, and setgid when group-executable, as a write by a
 /// non-root caller does.
-fn kill_suid(caller: &Caller, v: &mut InodeValue) {
+pub(crate) fn kill_suid(caller: &Caller, v: &mut InodeValue) {
     if caller.is_root() {
         return;
     }
@@ -93,7 +93,12 @@ fn extent_range(ino: InodeNo, start_sector: u64, end_sector: u64) -> (Pos, Pos) 
 }
 
 /// Extent keys of `ino` overlapping sectors `[start, end)`, in order.
-fn extents_in(tx: &mut Transaction<'_>, ino: InodeNo, start: u64, end: u64) -> FsResult<Vec<Key>> {
+pub(crate) fn extents_in(
+    tx: &mut Transaction<'_>,
+    ino: InodeNo,
+    start: u64,
+    end: u64,
+) -> FsResult<Vec<Key>> {
     let (lo, hi) = extent_range(ino, start, end);
     let mut out = Vec::new();
     let mut cursor = lo;
@@ -116,8 +121,29 @@ fn extents_in(tx: &mut Transaction<'_>, ino: InodeNo, start: u64, end: u64) -> F
     }
 }
 
+/// Inserts `keys`, the new data of bytes `[start, end)` of a regular
+/// file, and returns its inode with the allocated sectors updated (for the
+/// caller to finish and write).
+pub(crate) fn put_extents(
+    tx: &mut Transaction<'_>,
+    ino: InodeNo,
+    start: u64,
+    end: u64,
+    keys: &[Key],
+) -> FsResult<InodeValue> {
+    let mut v = read_inode(tx, ino)?;
+    regular(&v)?;
+    let (s, e) = (start / SECTOR_BYTES, end / SECTOR_BYTES);
+    let old = overlap_sectors(&extents_in(tx, ino, s, e)?, s, e);
+    for k in keys {
+        tx.put(BtreeId::Extents, k.clone());
+    }
+    v.sectors = v.sectors + (e - s) - old;
+    Ok(v)
+}
+
 /// Sectors of `keys` that fall inside `[start, end)`.
-fn overlap_sectors(keys: &[Key], start: u64, end: u64) -> u64 {
+pub(crate) fn overlap_sectors(keys: &[Key], start: u64, end: u64) -> u64 {
     keys.iter()
         .map(|k| k.end().min(end).saturating_sub(k.start().max(start)))
         .sum()
@@ -125,24 +151,19 @@ fn overlap_sectors(keys: &[Key], start: u64, end: u64) -> u64 {
 
 /// Data written by `store`: the keys to commit, and the pins that keep
 /// their buckets from being freed until the commit (drop after it).
-struct Stored {
-    keys: Vec<Key>,
-    _pins: Vec<crate::engine::PinnedAlloc>,
+pub(crate) struct Stored {
+    pub(crate) keys: Vec<Key>,
+    pub(crate) _pins: Vec<crate::engine::PinnedAlloc>,
 }
 
-impl Fs {
+impl FsCore {
     fn data_checksum(&self) -> ChecksumType {
         self.engine.superblock().data_checksum
     }
 
-    /// Reads `buf.len()` bytes at `offset`; short only at end of file.
-    pub fn read(&self, ino: InodeNo, offset: u64, buf: &mut [u8]) -> FsResult<usize> {
-        let _io = self.io_lock(ino).read();
-        self.read_inner(ino, offset, buf)
-    }
-
-    /// `read` for a caller that holds the inode's IO lock.
-    fn read_inner(&self, ino: InodeNo, offset: u64, buf: &mut [u8]) -> FsResult<usize> {
+    /// Reads from disk, bypassing the page cache, for a caller that holds
+    /// the inode's IO lock; short only at the on-disk end of file.
+    pub(crate) fn read_inner(&self, ino: InodeNo, offset: u64, buf: &mut [u8]) -> FsResult<usize> {
         // Copygc may move an extent between our lookup and the data read
         // (the old bucket's generation moves on): then look it up again.
         let mut tries = 0;
@@ -243,24 +264,17 @@ impl Fs {
         })
     }
 
-    /// Writes `data` at `offset`, extending the file as needed.
-    pub fn write(
+    /// Writes `data` at `offset` straight to disk (new extents and the
+    /// inode in one transaction), for a caller that holds the inode's IO
+    /// lock and has written back and dropped the cached pages of the range.
+    pub(crate) fn write_through(
         &self,
         caller: &Caller,
         ino: InodeNo,
         offset: u64,
         data: &[u8],
     ) -> FsResult<usize> {
-        if data.is_empty() {
-            return Ok(0);
-        }
-        let end = offset
-            .checked_add(data.len() as u64)
-            .ok_or(FsError::FileTooBig)?;
-        if end > MAX_FILE_SIZE {
-            return Err(FsError::FileTooBig);
-        }
-        let _io = self.io_lock(ino).write();
+        let end = offset + data.len() as u64;
         let v = self.tx(Durability::Lazy, |tx| read_inode(tx, ino))?;
         regular(&v)?;
         // Whole blocks: merge the edges with what is there now.
@@ -278,14 +292,7 @@ impl Fs {
         let Stored { keys, _pins } =
             self.store(ino, blk_start, &buf, self.effective_compression(&v))?;
         self.tx(Durability::Lazy, |tx| {
-            let mut v = read_inode(tx, ino)?;
-            regular(&v)?;
-            let (s, e) = (blk_start / SECTOR_BYTES, blk_end / SECTOR_BYTES);
-            let old = overlap_sectors(&extents_in(tx, ino, s, e)?, s, e);
-            for k in &keys {
-                tx.put(BtreeId::Extents, k.clone());
-            }
-            v.sectors = v.sectors + (e - s) - old;
+            let mut v = put_extents(tx, ino, blk_start, blk_end, &keys)?;
             v.size = v.size.max(end);
             let now = Timespec::now();
             v.mtime = now;
@@ -301,7 +308,13 @@ impl Fs {
     /// unit compressed with `comp` where that saves space; returns the
     /// extent keys to insert, and the pins on their buckets to hold until
     /// those keys are committed.
-    fn store(&self, ino: InodeNo, at: u64, buf: &[u8], comp: Compression) -> FsResult<Stored> {
+    pub(crate) fn store(
+        &self,
+        ino: InodeNo,
+        at: u64,
+        buf: &[u8],
+        comp: Compression,
+    ) -> FsResult<Stored> {
         let kind = self.data_checksum();
         let bucket_bytes = self.engine.geometry().bucket_sectors * SECTOR_BYTES;
         let max_unit = MAX_EXTENT_BYTES.min(bucket_bytes) as usize;
@@ -362,6 +375,15 @@ impl Fs {
             return Err(FsError::FileTooBig);
         }
         let _io = self.io_lock(ino).write();
+        let _block = self.pagecache_lock(ino).write();
+        self.writeback_inode_locked(ino)?;
+        self.pages.forget(ino.0);
+        self.set_size_locked(caller, ino, size)
+    }
+
+    /// `set_size` for a caller that holds the IO lock exclusively and the
+    /// pagecache block lock, with no cached pages left.
+    fn set_size_locked(&self, caller: &Caller, ino: InodeNo, size: u64) -> FsResult<Attr> {
         let v = self.tx(Durability::Lazy, |tx| read_inode(tx, ino))?;
         regular(&v)?;
         // A partial last block keeps only the bytes below the new size, so
@@ -422,18 +444,21 @@ impl Fs {
         if flags.punch_hole && !flags.keep_size {
             return Err(FsError::NotSupported);
         }
+        let _io = self.io_lock(ino).write();
+        let _block = self.pagecache_lock(ino).write();
+        self.writeback_inode_locked(ino)?;
+        self.pages.forget(ino.0);
         let size = self.getattr(ino)?.size;
         if flags.punch_hole || flags.zero_range {
             self.zero(caller, ino, offset, end.min(size))?;
             if flags.zero_range && !flags.keep_size && end > size {
-                self.set_size(caller, ino, end)?;
+                self.set_size_locked(caller, ino, end)?;
             }
             return Ok(());
         }
         // Allocate: fill holes in the range with zeroed extents.
         let holes = self.holes(ino, offset / BLOCK * BLOCK, end.div_ceil(BLOCK) * BLOCK)?;
         for (s, e) in holes {
-            let _io = self.io_lock(ino).write();
             let zeros = vec![0u8; (e - s) as usize];
             // Preallocated space stays raw so it is really reserved.
             let Stored { keys, _pins } = self.store(ino, s, &zeros, Compression::NONE)?;
@@ -455,7 +480,7 @@ impl Fs {
             })?;
         }
         if !flags.keep_size && end > size {
-            self.set_size(caller, ino, end.max(self.getattr(ino)?.size))?;
+            self.set_size_locked(caller, ino, end.max(self.getattr(ino)?.size))?;
         } else {
             self.touch_ctime(ino)?;
         }
@@ -474,7 +499,8 @@ impl Fs {
     }
 
     /// Makes `[start, end)` read as zeros: whole blocks are punched, partial
-    /// edge blocks rewritten.
+    /// edge blocks rewritten. The caller holds the IO lock exclusively and
+    /// the pagecache block lock, with no cached pages left.
     fn zero(&self, caller: &Caller, ino: InodeNo, start: u64, end: u64) -> FsResult<()> {
         if start >= end {
             return self.touch_ctime(ino);
@@ -482,7 +508,6 @@ impl Fs {
         let inner_s = start.div_ceil(BLOCK) * BLOCK;
         let inner_e = end / BLOCK * BLOCK;
         if inner_s < inner_e {
-            let _io = self.io_lock(ino).write();
             self.tx(Durability::Lazy, |tx| {
                 let mut v = read_inode(tx, ino)?;
                 regular(&v)?;
@@ -507,7 +532,7 @@ impl Fs {
         for (s, e) in edges {
             let e = e.min(size);
             if s < e {
-                self.write(caller, ino, s, &vec![0u8; (e - s) as usize])?;
+                self.write_through(caller, ino, s, &vec![0u8; (e - s) as usize])?;
             }
         }
         Ok(())
@@ -545,6 +570,9 @@ impl Fs {
 
     /// SEEK_DATA / SEEK_HOLE.
     pub fn lseek(&self, ino: InodeNo, offset: u64, whence: SeekWhence) -> FsResult<u64> {
+        // Cached data is written first: the extents are what is searched.
+        let _io = self.io_lock(ino).read();
+        self.writeback_inode_locked(ino)?;
         self.tx(Durability::Lazy, |tx| {
             let v = read_inode(tx, ino)?;
             regular(&v)?;
@@ -610,12 +638,5 @@ impl Fs {
             done += got as u64;
         }
         Ok(done)
-    }
-
-    /// Makes the file's data and metadata durable.
-    pub fn fsync(&self, ino: InodeNo, _datasync: bool) -> FsResult<()> {
-        let _ = ino;
-        self.engine.sync()?;
-        Ok(())
     }
 }

@@ -3,7 +3,7 @@
 use super::error::{FsError, FsResult};
 use super::inode_format::InodeValue;
 use super::types::{Attr, FileKind, InodeNo, ROOT_SNAPSHOT};
-use super::{Fs, inode_pos, orphan_pos};
+use super::{FsCore, inode_pos, orphan_pos};
 use crate::btree::trans::{Durability, Transaction};
 use crate::key::{BtreeId, Key, KeyType, Pos};
 
@@ -55,15 +55,16 @@ pub fn to_attr(ino: InodeNo, v: &InodeValue) -> Attr {
     }
 }
 
-impl Fs {
+impl FsCore {
     pub fn getattr(&self, ino: InodeNo) -> FsResult<Attr> {
         let v = self.tx(Durability::Lazy, |tx| read_inode(tx, ino))?;
-        Ok(to_attr(ino, &v))
+        Ok(self.overlay_attr(to_attr(ino, &v)))
     }
 
     /// Frees an inode with no names left: its data, xattrs, the inode
     /// itself and its orphan-list entry, in one transaction.
     pub(crate) fn evict_inode(&self, ino: InodeNo) -> FsResult<()> {
+        self.pages.forget(ino.0);
         self.tx(Durability::Lazy, |tx| {
             tx.delete_range(
                 BtreeId::Extents,

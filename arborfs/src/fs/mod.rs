@@ -5,6 +5,7 @@
 //! interface); `path` adds a path-based API for embedding. Every operation
 //! is one engine transaction, retried on restart.
 
+pub mod buffered;
 pub mod compress;
 pub mod data;
 pub mod dirent;
@@ -15,6 +16,7 @@ pub mod hashtab;
 pub mod inode;
 pub mod inode_format;
 pub mod namei;
+pub mod pagecache;
 pub mod path;
 pub mod perm;
 pub mod rename;
@@ -57,6 +59,8 @@ pub struct FsOptions {
     /// `-o compression=`: overrides the superblock's default for inodes
     /// that inherit it.
     pub compression: Option<compress::Compression>,
+    /// Byte limit of the page cache (0: the default, 64 MiB).
+    pub page_cache_bytes: usize,
 }
 
 /// Space and inode counts for `statfs`.
@@ -78,8 +82,82 @@ pub struct StatFs {
     pub namelen: u32,
 }
 
-/// An open filesystem.
+/// An open filesystem. Every operation is a method of [`FsCore`], which
+/// this dereferences to; `Fs` owns the background writeback thread and the
+/// orderly shutdown ([`Fs::close`]).
 pub struct Fs {
+    // Dropped first: its thread writes back what is dirty before it ends,
+    // while `core` is still alive. Dropping an `Fs` without `close` is
+    // otherwise like a crash: what was not synced may be lost.
+    flusher: Option<Flusher>,
+    core: Arc<FsCore>,
+}
+
+/// The background writeback thread.
+struct Flusher {
+    stop: Arc<(Mutex<bool>, parking_lot::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flusher {
+    fn start(core: std::sync::Weak<FsCore>) -> Flusher {
+        let stop = Arc::new((Mutex::new(false), parking_lot::Condvar::new()));
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("arborfs-writeback".into())
+            .spawn(move || {
+                let (lock, cv) = &*stop2;
+                loop {
+                    let stopping = {
+                        let mut g = lock.lock();
+                        if !*g {
+                            cv.wait_for(&mut g, std::time::Duration::from_millis(500));
+                        }
+                        *g
+                    };
+                    let Some(core) = core.upgrade() else {
+                        return;
+                    };
+                    let r = if stopping {
+                        core.writeback_all()
+                    } else {
+                        core.writeback_background()
+                    };
+                    if let Err(e) = r {
+                        tracing::error!("background writeback failed: {e}");
+                    }
+                    if stopping {
+                        return;
+                    }
+                }
+            })
+            .expect("spawn the writeback thread");
+        Flusher {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        *self.stop.0.lock() = true;
+        self.stop.1.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl std::ops::Deref for Fs {
+    type Target = FsCore;
+    fn deref(&self) -> &FsCore {
+        &self.core
+    }
+}
+
+/// The filesystem's state and operations (reached through [`Fs`]).
+pub struct FsCore {
     pub(crate) engine: Engine,
     next_ino: AtomicU64,
     /// Open handles per inode; an unlinked inode lives until its last close.
@@ -89,7 +167,18 @@ pub struct Fs {
     /// Per-inode IO locks (striped): shared for reads, exclusive for writes
     /// and size changes, so read-modify-write of a block is never torn.
     io_locks: Vec<RwLock<()>>,
+    /// Per-inode pagecache locks (striped): shared ("add") by paths that
+    /// put pages in the cache, exclusive ("block") by paths that must keep
+    /// pages out while they change the file underneath (direct writes,
+    /// truncate, fallocate).
+    pagecache_locks: Vec<RwLock<()>>,
+    /// One writeback of an inode at a time (striped; a leaf lock).
+    writeback_locks: Vec<Mutex<()>>,
+    pub(crate) pages: pagecache::PageCache,
 }
+
+/// Dirty data older than this is written back by the background thread.
+pub const DIRTY_EXPIRE: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub(crate) fn inode_pos(ino: InodeNo) -> Pos {
     Pos::new(0, ino.0, ROOT_SNAPSHOT)
@@ -140,7 +229,9 @@ impl Fs {
     }
 
     /// Opens the filesystem on `dev`; removes inodes left unlinked-but-open
-    /// by a crash.
+    /// by a crash. Unless read-only, starts the thread that writes back
+    /// dirty file data after [`DIRTY_EXPIRE`] (and when over the cache's
+    /// dirty limit).
     pub fn open(dev: Arc<dyn Device>, opts: FsOptions) -> FsResult<Fs> {
         let engine = Engine::open(dev, opts.engine.clone())?;
         let last = engine
@@ -152,26 +243,46 @@ impl Fs {
             .next()
             .transpose()?
             .map_or(ROOT_INO.0, |k| k.pos.offset);
-        let fs = Fs {
+        let page_cache_bytes = if opts.page_cache_bytes == 0 {
+            pagecache::DEFAULT_PAGE_CACHE_BYTES
+        } else {
+            opts.page_cache_bytes
+        };
+        let core = FsCore {
             engine,
             next_ino: AtomicU64::new(last.max(ROOT_INO.0) + 1),
             open_counts: Mutex::new(HashMap::new()),
             opts,
             generation: AtomicU64::new(last),
             io_locks: (0..256).map(|_| RwLock::new(())).collect(),
+            pagecache_locks: (0..256).map(|_| RwLock::new(())).collect(),
+            writeback_locks: (0..64).map(|_| Mutex::new(())).collect(),
+            pages: pagecache::PageCache::new(page_cache_bytes),
         };
-        if !fs.opts.engine.read_only {
-            fs.reap_orphans()?;
+        if !core.opts.engine.read_only {
+            core.reap_orphans()?;
         }
-        Ok(fs)
+        let core = Arc::new(core);
+        let flusher = (!core.opts.engine.read_only && core.opts.engine.background)
+            .then(|| Flusher::start(Arc::downgrade(&core)));
+        Ok(Fs { core, flusher })
     }
 
-    /// Writes everything and marks the filesystem clean.
+    /// Writes back cached data, writes everything and marks the
+    /// filesystem clean.
     pub fn close(self) -> FsResult<()> {
-        self.engine.close()?;
+        let Fs { flusher, core } = self;
+        drop(flusher);
+        if !core.is_read_only() {
+            core.writeback_all()?;
+        }
+        let core = Arc::try_unwrap(core).map_err(|_| FsError::Busy)?;
+        core.engine.close()?;
         Ok(())
     }
+}
 
+impl FsCore {
     /// The storage engine underneath (transactions, counters, copygc).
     pub fn engine(&self) -> &Engine {
         &self.engine
@@ -180,10 +291,6 @@ impl Fs {
     /// True if opened read-only: every change fails with `ReadOnly`.
     pub fn is_read_only(&self) -> bool {
         self.opts.engine.read_only
-    }
-
-    pub(crate) fn io_lock(&self, ino: InodeNo) -> &RwLock<()> {
-        &self.io_locks[(ino.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize]
     }
 
     pub(crate) fn alloc_ino(&self) -> InodeNo {
@@ -250,8 +357,9 @@ impl Fs {
         }
     }
 
-    /// Makes every change so far durable.
+    /// Makes every change so far durable, cached file data included.
     pub fn sync(&self) -> FsResult<()> {
+        self.writeback_all()?;
         self.engine.sync()?;
         Ok(())
     }

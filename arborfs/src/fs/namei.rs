@@ -7,7 +7,7 @@ use super::inode::{read_inode, to_attr, write_inode};
 use super::inode_format::{INODE_UNLINKED, InodeValue};
 use super::perm::{MAY_EXEC, MAY_WRITE, check_access, check_delete};
 use super::types::*;
-use super::{Fs, orphan_pos};
+use super::{FsCore, orphan_pos};
 use crate::btree::trans::{Durability, Transaction};
 use crate::key::{BtreeId, Key, KeyType, Pos};
 
@@ -32,7 +32,7 @@ pub(crate) fn dir_inode(tx: &mut Transaction<'_>, dir: InodeNo) -> FsResult<Inod
     Ok(v)
 }
 
-impl Fs {
+impl FsCore {
     /// The inode `name` in directory `parent`.
     pub fn lookup(&self, caller: &Caller, parent: InodeNo, name: &[u8]) -> FsResult<Attr> {
         if name.len() > dirent_format_name_max() {
@@ -52,6 +52,7 @@ impl Fs {
             let v = read_inode(tx, target)?;
             Ok(to_attr(target, &v))
         })
+        .map(|a| self.overlay_attr(a))
     }
 
     /// Creates a regular file, device node, FIFO or socket (`mode` holds the
@@ -359,6 +360,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::device::MemDevice;
+    use crate::fs::Fs;
     use crate::fs::FsOptions;
 
     pub(crate) fn fs() -> Fs {

@@ -38,7 +38,7 @@ use super::rename::RenameFlags;
 use super::setattr::{SetAttr, TimeOrNow};
 use super::types::*;
 use super::xattr::XattrSet;
-use super::{Fs, FsOptions};
+use super::{Fs, FsCore, FsOptions};
 use crate::device::{Device, FileDevice};
 use crate::sb::FormatOptions;
 
@@ -88,7 +88,9 @@ impl Fs {
         };
         Fs::open(dev, opts)
     }
+}
 
+impl FsCore {
     /// The inode a path names. With `follow`, a symlink as the last
     /// component is followed too.
     pub fn resolve(&self, path: impl AsRef<Path>, follow: bool) -> FsResult<InodeNo> {
@@ -334,7 +336,7 @@ fn components(path: &Path) -> FsResult<Vec<Vec<u8>>> {
 
 /// Iterator over a directory's entries, fetched in batches.
 pub struct ReadDir<'a> {
-    fs: &'a Fs,
+    fs: &'a FsCore,
     dir: InodeNo,
     cookie: u64,
     buf: std::vec::IntoIter<DirEntry>,
@@ -374,13 +376,13 @@ impl Iterator for ReadDir<'_> {
 /// An open regular file: `Read`, `Write` and `Seek` at a cursor, plus
 /// positioned IO. Closing (drop) releases it.
 pub struct File<'a> {
-    fs: &'a Fs,
+    fs: &'a FsCore,
     ino: InodeNo,
     pos: u64,
 }
 
 impl<'a> File<'a> {
-    fn new(fs: &'a Fs, ino: InodeNo) -> FsResult<File<'a>> {
+    fn new(fs: &'a FsCore, ino: InodeNo) -> FsResult<File<'a>> {
         fs.open_inode(ino)?;
         Ok(File { fs, ino, pos: 0 })
     }

@@ -8,7 +8,7 @@
 //! `ENOTEMPTY` when the target is an ancestor of the source), then the
 //! same-inode no-op, then permissions, types, emptiness and link limits.
 
-use super::Fs;
+use super::FsCore;
 use super::dirent;
 use super::error::{FsError, FsResult};
 use super::inode::{read_inode, to_attr, write_inode};
@@ -60,7 +60,7 @@ fn add_nlink(v: &mut InodeValue, delta: i64) {
     v.nlink = (v.nlink as i64 + delta).clamp(0, u32::MAX as i64) as u32;
 }
 
-impl Fs {
+impl FsCore {
     /// Adds the name `new_name` in `new_parent` for `ino` (not a directory).
     pub fn link(
         &self,
@@ -100,6 +100,7 @@ impl Fs {
             write_inode(tx, new_parent, &d);
             Ok(to_attr(ino, &v))
         })
+        .map(|a| self.overlay_attr(a))
     }
 
     /// Moves `parent/name` to `new_parent/new_name`, replacing (or, with
@@ -277,8 +278,8 @@ impl Fs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::SetAttr;
     use crate::fs::namei::tests::fs;
+    use crate::fs::{Fs, SetAttr};
 
     const NONE: RenameFlags = RenameFlags {
         noreplace: false,
@@ -622,7 +623,7 @@ mod tests {
         assert_eq!(names(&fs, ROOT_INO).len(), 202);
     }
 
-    impl Fs {
+    impl FsCore {
         fn readdir_kind(&self, dir: InodeNo, name: &[u8]) -> FileKind {
             let mut kind = None;
             self.readdir(dir, 0, |e| {

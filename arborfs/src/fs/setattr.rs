@@ -2,7 +2,7 @@
 //! permission rules of Linux's `setattr_prepare` and `notify_change`.
 //! Sizes are changed by `set_size` in `data.rs`.
 
-use super::Fs;
+use super::FsCore;
 use super::error::{FsError, FsResult};
 use super::inode::{read_inode, to_attr, write_inode};
 use super::inode_format::InodeValue;
@@ -126,18 +126,23 @@ pub(crate) fn apply(
     Ok(())
 }
 
-impl Fs {
+impl FsCore {
     /// Changes mode, owner, group and times; returns the new attributes.
     pub fn setattr(&self, caller: &Caller, ino: InodeNo, set: &SetAttr) -> FsResult<Attr> {
-        self.tx(Durability::Lazy, |tx| {
+        if *set == SetAttr::default() {
+            return self.getattr(ino);
+        }
+        // Buffered writes' pending times go to disk first, so they cannot
+        // later overwrite the times set here.
+        let _io = self.io_lock(ino).read();
+        self.writeback_inode_locked(ino)?;
+        let a = self.tx(Durability::Lazy, |tx| {
             let mut v = read_inode(tx, ino)?;
-            if *set == SetAttr::default() {
-                return Ok(to_attr(ino, &v));
-            }
             apply(caller, &mut v, set, Timespec::now())?;
             write_inode(tx, ino, &v);
             Ok(to_attr(ino, &v))
-        })
+        })?;
+        Ok(self.overlay_attr(a))
     }
 
     /// Checks `mask` (R=4, W=2, X=1) for `caller`; 0 only checks existence.
@@ -156,6 +161,7 @@ impl Fs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::Fs;
     use crate::fs::namei::tests::fs;
 
     fn user(uid: u32, gid: u32, groups: &[u32]) -> Caller {

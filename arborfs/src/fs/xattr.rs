@@ -22,7 +22,7 @@
 //! the effective setting; it is listed only when the inode has its own;
 //! removing it makes the inode inherit again.
 
-use super::Fs;
+use super::FsCore;
 use super::compress::{self, Compression};
 use super::error::{FsError, FsResult};
 use super::hashtab::{self, slot_pos};
@@ -158,7 +158,7 @@ fn probe(
     Ok((hit, insert_at))
 }
 
-impl Fs {
+impl FsCore {
     /// The value of attribute `name` (full name, with prefix).
     pub fn getxattr(&self, caller: &Caller, ino: InodeNo, name: &[u8]) -> FsResult<Vec<u8>> {
         let (ns, short) = parse_name(name)?;

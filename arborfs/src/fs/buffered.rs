@@ -1,0 +1,369 @@
+//! The IO paths through the page cache: buffered reads and writes,
+//! writeback, fsync, and direct IO that bypasses the cache.
+//!
+//! Locks, taken in this order (see docs/locking.md, "Filesystem IO locks"):
+//! the inode's IO lock (shared for reads and writes inside the file,
+//! exclusive for writes that extend it and for size changes), then its
+//! pagecache lock ("add", shared, for paths that put pages in the cache;
+//! "block", exclusive, for paths that change the file underneath the
+//! cache), then the writeback lock (one writeback of an inode at a time),
+//! then engine locks. A writeback needs the IO lock held by its caller.
+
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use super::FsCore;
+use super::data::{Stored, kill_suid, put_extents, regular};
+use super::error::{FsError, FsResult};
+use super::inode::{MAX_FILE_SIZE, read_inode, write_inode};
+use super::pagecache::PAGE;
+use super::types::*;
+use crate::SECTOR_BYTES;
+use crate::btree::trans::Durability;
+
+/// Pages a writeback run may hold: runs become extents of up to
+/// `MAX_EXTENT_BYTES` each, written together.
+const MAX_RUN_PAGES: usize = 256;
+/// Readahead beyond a sequential read, in pages (128 KiB).
+const READAHEAD_PAGES: u64 = 32;
+/// Free space kept beyond the dirty data before a buffered write falls
+/// back to writing through (so ENOSPC is reported by the write itself).
+const SPACE_MARGIN: u64 = 16 << 20;
+
+enum IoGuard<'a> {
+    Shared(#[allow(dead_code)] RwLockReadGuard<'a, ()>),
+    Exclusive(#[allow(dead_code)] RwLockWriteGuard<'a, ()>),
+}
+
+impl FsCore {
+    pub(crate) fn io_lock(&self, ino: InodeNo) -> &RwLock<()> {
+        &self.io_locks[stripe(ino, self.io_locks.len())]
+    }
+
+    /// The pagecache add (read) / block (write) lock of an inode.
+    pub(crate) fn pagecache_lock(&self, ino: InodeNo) -> &RwLock<()> {
+        &self.pagecache_locks[stripe(ino, self.pagecache_locks.len())]
+    }
+
+    fn writeback_lock(&self, ino: InodeNo) -> &Mutex<()> {
+        &self.writeback_locks[stripe(ino, self.writeback_locks.len())]
+    }
+
+    /// The file's size including buffered writes not written back yet.
+    /// Reads the cache first: a writeback that finishes in between has
+    /// already put the size on disk.
+    fn cached_size(&self, ino: InodeNo) -> FsResult<u64> {
+        let pending = self.pages.pending(ino.0).size;
+        let v = self.tx(Durability::Lazy, |tx| read_inode(tx, ino))?;
+        regular(&v)?;
+        Ok(pending.map_or(v.size, |p| p.max(v.size)))
+    }
+
+    /// Overlays what buffered writes changed and has not been written back
+    /// (size, times, blocks about to be allocated) on attributes read from
+    /// disk.
+    pub(crate) fn overlay_attr(&self, mut a: Attr) -> Attr {
+        if a.kind != FileKind::Regular {
+            return a;
+        }
+        let p = self.pages.pending(a.ino.0);
+        if let Some(size) = p.size {
+            a.size = a.size.max(size);
+        }
+        if let Some(t) = p.times {
+            a.mtime = t;
+            a.ctime = t;
+        }
+        a.blocks += self.pages.dirty_pages(a.ino.0) as u64 * (PAGE / SECTOR_BYTES);
+        a
+    }
+
+    /// Reads `buf.len()` bytes at `offset`; short only at end of file.
+    /// Served from the page cache; missing pages are read from disk and
+    /// cached, with readahead when reads are sequential.
+    pub fn read(&self, ino: InodeNo, offset: u64, buf: &mut [u8]) -> FsResult<usize> {
+        let _io = self.io_lock(ino).read();
+        let _add = self.pagecache_lock(ino).read();
+        let size = self.cached_size(ino)?;
+        if offset >= size || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = (size - offset).min(buf.len() as u64) as usize;
+        let out = &mut buf[..n];
+        let mut hit = Vec::new();
+        let sequential = self.pages.read(ino.0, offset, out, &mut hit);
+        let first = offset / PAGE;
+        let size_pages = size.div_ceil(PAGE);
+        let mut i = 0;
+        while i < hit.len() {
+            if hit[i] {
+                i += 1;
+                continue;
+            }
+            let mut j = i;
+            while j < hit.len() && !hit[j] {
+                j += 1;
+            }
+            let (a, b) = (first + i as u64, first + j as u64);
+            let fill_end = if sequential && j == hit.len() {
+                (b + READAHEAD_PAGES).min(size_pages).max(b)
+            } else {
+                b
+            };
+            let generation = self.pages.generation(ino.0);
+            let mut data = vec![0u8; ((fill_end - a) * PAGE) as usize];
+            self.read_inner(ino, a * PAGE, &mut data)?;
+            // The part of [a, b) the caller asked for.
+            let from = (a * PAGE).max(offset);
+            let to = (b * PAGE).min(offset + n as u64);
+            out[(from - offset) as usize..(to - offset) as usize]
+                .copy_from_slice(&data[(from - a * PAGE) as usize..(to - a * PAGE) as usize]);
+            self.pages.fill(ino.0, a, &data, generation);
+            i = j;
+        }
+        Ok(n)
+    }
+
+    /// Writes `data` at `offset` into the page cache, extending the file as
+    /// needed; written back later (fsync, sync, memory pressure, age,
+    /// close). When free space runs low it writes through instead, so a
+    /// full filesystem fails the write itself with `NoSpace`.
+    pub fn write(
+        &self,
+        caller: &Caller,
+        ino: InodeNo,
+        offset: u64,
+        data: &[u8],
+    ) -> FsResult<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let _io = self.lock_for_write(ino, offset, data.len())?;
+        let v = self.tx(Durability::Lazy, |tx| read_inode(tx, ino))?;
+        let size = self.cached_size(ino)?;
+        let mut killed = v.clone();
+        kill_suid(caller, &mut killed);
+        if killed.mode != v.mode {
+            self.tx(Durability::Lazy, |tx| {
+                let mut v = read_inode(tx, ino)?;
+                kill_suid(caller, &mut v);
+                v.ctime = Timespec::now();
+                write_inode(tx, ino, &v);
+                Ok(())
+            })?;
+        }
+        if !self.room_for_buffered(data.len() as u64) {
+            return self.write_uncached(caller, ino, offset, data);
+        }
+        let _add = self.pagecache_lock(ino).read();
+        let now = Timespec::now();
+        loop {
+            match self.pages.write(ino.0, offset, data, size, now) {
+                Ok(()) => break,
+                Err(missing) => {
+                    // Partial pages keep the bytes around the write.
+                    for idx in missing {
+                        let generation = self.pages.generation(ino.0);
+                        let mut page = vec![0u8; PAGE as usize];
+                        self.read_inner(ino, idx * PAGE, &mut page)?;
+                        self.pages.fill(ino.0, idx, &page, generation);
+                    }
+                }
+            }
+        }
+        if self.pages.over_dirty_limit() {
+            self.writeback_inode_locked(ino)?;
+        }
+        self.pages.evict_if_needed();
+        Ok(data.len())
+    }
+
+    /// Whether free space covers all dirty data plus this write and a margin.
+    fn room_for_buffered(&self, len: u64) -> bool {
+        let s = self.statfs();
+        let free = s.bfree * s.bsize as u64;
+        let dirty = self.pages.stats().dirty_bytes as u64;
+        free > dirty + len + SPACE_MARGIN
+    }
+
+    /// Direct read (O_DIRECT): cached dirty data of the file is written
+    /// back first, then the disk is read; the cache is neither used nor
+    /// filled.
+    pub fn read_direct(&self, ino: InodeNo, offset: u64, buf: &mut [u8]) -> FsResult<usize> {
+        let _io = self.io_lock(ino).read();
+        self.writeback_inode_locked(ino)?;
+        self.read_inner(ino, offset, buf)
+    }
+
+    /// Direct write (O_DIRECT): holds the pagecache block lock while it
+    /// runs, writes back the file's dirty pages and drops the cached pages
+    /// of the range, then writes to disk. No read by any path returns older
+    /// data afterwards.
+    pub fn write_direct(
+        &self,
+        caller: &Caller,
+        ino: InodeNo,
+        offset: u64,
+        data: &[u8],
+    ) -> FsResult<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let _io = self.lock_for_write(ino, offset, data.len())?;
+        self.write_uncached(caller, ino, offset, data)
+    }
+
+    /// Writes to disk with the pagecache block lock held, after writing
+    /// back the file's dirty pages and dropping the cached pages of the
+    /// range. The caller holds the IO lock as `lock_for_write` took it.
+    fn write_uncached(
+        &self,
+        caller: &Caller,
+        ino: InodeNo,
+        offset: u64,
+        data: &[u8],
+    ) -> FsResult<usize> {
+        let _block = self.pagecache_lock(ino).write();
+        self.writeback_inode_locked(ino)?;
+        self.pages
+            .invalidate_range(ino.0, offset, offset + data.len() as u64);
+        self.write_through(caller, ino, offset, data)
+    }
+
+    /// Checks a write of `len` bytes at `offset` and takes the inode's IO
+    /// lock: exclusive if the write extends the file, else shared.
+    fn lock_for_write(&self, ino: InodeNo, offset: u64, len: usize) -> FsResult<IoGuard<'_>> {
+        let end = offset.checked_add(len as u64).ok_or(FsError::FileTooBig)?;
+        if end > MAX_FILE_SIZE {
+            return Err(FsError::FileTooBig);
+        }
+        if self.is_read_only() {
+            return Err(FsError::ReadOnly);
+        }
+        loop {
+            let extending = end > self.cached_size(ino)?;
+            let io = if extending {
+                IoGuard::Exclusive(self.io_lock(ino).write())
+            } else {
+                IoGuard::Shared(self.io_lock(ino).read())
+            };
+            // Shrunk since we looked: take the exclusive lock instead.
+            if extending || end <= self.cached_size(ino)? {
+                return Ok(io);
+            }
+            drop(io);
+        }
+    }
+
+    /// Makes the file's data and metadata durable.
+    pub fn fsync(&self, ino: InodeNo, _datasync: bool) -> FsResult<()> {
+        {
+            let _io = self.io_lock(ino).read();
+            self.writeback_inode_locked(ino)?;
+        }
+        self.engine.sync()?;
+        Ok(())
+    }
+
+    /// Writes the inode's dirty pages and pending size/times to disk. The
+    /// caller holds the inode's IO lock (either mode).
+    pub(crate) fn writeback_inode_locked(&self, ino: InodeNo) -> FsResult<()> {
+        if !self.pages.needs_writeback(ino.0) {
+            return Ok(());
+        }
+        let _wb = self.writeback_lock(ino).lock();
+        let (runs, meta) = self.pages.dirty_runs(ino.0, MAX_RUN_PAGES);
+        if runs.is_empty() && meta.size.is_none() && meta.times.is_none() {
+            return Ok(());
+        }
+        let v = match self.tx(Durability::Lazy, |tx| read_inode(tx, ino)) {
+            Ok(v) => v,
+            Err(FsError::NotFound) => {
+                // Deleted meanwhile: nothing to write.
+                self.pages.forget(ino.0);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let comp = self.effective_compression(&v);
+        for run in &runs {
+            let start = run.first * PAGE;
+            let end = start + run.data.len() as u64;
+            let Stored { keys, _pins } = self.store(ino, start, &run.data, comp)?;
+            self.tx(Durability::Lazy, |tx| {
+                let mut v = put_extents(tx, ino, start, end, &keys)?;
+                if let Some(size) = meta.size {
+                    v.size = v.size.max(size.min(end));
+                }
+                if let Some(t) = meta.times {
+                    v.mtime = t;
+                    v.ctime = t;
+                }
+                write_inode(tx, ino, &v);
+                Ok(())
+            })?;
+            self.pages.run_written(ino.0, run);
+        }
+        if meta.size.is_some() || meta.times.is_some() {
+            self.tx(Durability::Lazy, |tx| {
+                let mut v = read_inode(tx, ino)?;
+                let mut changed = false;
+                if let Some(size) = meta.size
+                    && size > v.size
+                {
+                    v.size = size;
+                    changed = true;
+                }
+                if let Some(t) = meta.times
+                    && (v.mtime != t || v.ctime != t)
+                {
+                    v.mtime = t;
+                    v.ctime = t;
+                    changed = true;
+                }
+                if changed {
+                    write_inode(tx, ino, &v);
+                }
+                Ok(())
+            })?;
+        }
+        self.pages.meta_written(ino.0, &meta);
+        Ok(())
+    }
+
+    /// Writes back inodes whose dirty data is older than
+    /// [`super::DIRTY_EXPIRE`], or all of them when over the dirty limit;
+    /// skips inodes whose IO lock is taken (their users write back).
+    pub(crate) fn writeback_background(&self) -> FsResult<()> {
+        let inos = if self.pages.over_dirty_limit() {
+            self.pages.dirty_inodes()
+        } else {
+            self.pages.expired(super::DIRTY_EXPIRE)
+        };
+        for ino in inos {
+            let ino = InodeNo(ino);
+            if let Some(_io) = self.io_lock(ino).try_read() {
+                self.writeback_inode_locked(ino)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes back every inode's cached data (sync, unmount).
+    pub(crate) fn writeback_all(&self) -> FsResult<()> {
+        for ino in self.pages.dirty_inodes() {
+            let ino = InodeNo(ino);
+            let _io = self.io_lock(ino).read();
+            self.writeback_inode_locked(ino)?;
+        }
+        Ok(())
+    }
+
+    /// Page cache usage (bytes cached, dirty, limit).
+    pub fn page_cache_stats(&self) -> super::pagecache::PageCacheStats {
+        self.pages.stats()
+    }
+}
+
+fn stripe(ino: InodeNo, n: usize) -> usize {
+    (ino.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % n
+}
