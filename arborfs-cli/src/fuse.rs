@@ -1034,7 +1034,7 @@ impl Mounted {
 fn dispatch_threads() -> usize {
     std::thread::available_parallelism()
         .map_or(2, |n| n.get())
-        .clamp(2, 8)
+        .clamp(4, 8)
 }
 
 /// Mounts `fs` on `mountpoint` as type `fuse.arborfs` with source `image`.

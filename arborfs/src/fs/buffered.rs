@@ -23,8 +23,8 @@ use crate::btree::trans::Durability;
 /// Pages a writeback run may hold: runs become extents of up to
 /// `MAX_EXTENT_BYTES` each, written together.
 const MAX_RUN_PAGES: usize = 256;
-/// Readahead beyond a sequential read, in pages (128 KiB).
-const READAHEAD_PAGES: u64 = 32;
+/// Readahead beyond a sequential read, in pages (1 MiB).
+const READAHEAD_PAGES: u64 = 256;
 /// Free space kept beyond the dirty data before a buffered write falls
 /// back to writing through (so ENOSPC is reported by the write itself).
 const SPACE_MARGIN: u64 = 16 << 20;

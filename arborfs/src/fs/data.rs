@@ -10,6 +10,8 @@
 //! Units are compressed when that saves space (see [`super::compress`] for
 //! the stored layout); a read decompresses the whole unit it touches.
 
+use std::collections::HashMap;
+
 use super::FsCore;
 use super::compress::{self, Compression};
 use super::error::{FsError, FsResult};
@@ -26,6 +28,8 @@ use crate::sb::ChecksumType;
 pub const BLOCK: u64 = 4096;
 /// Largest checksummed unit: a read verifies at most this much extra.
 pub const MAX_EXTENT_BYTES: u64 = 128 << 10;
+/// Largest single device read when prefetching contiguous units.
+const PREFETCH_MAX_SECTORS: u64 = (4 << 20) / SECTOR_BYTES;
 
 const _: () = assert!(MAX_EXTENT_BYTES / SECTOR_BYTES <= MAX_EXTENT_SECTORS as u64);
 
@@ -197,6 +201,7 @@ impl FsCore {
         let n = (size - offset).min(buf.len() as u64) as usize;
         let out = &mut buf[..n];
         out.fill(0);
+        let mut raw = self.prefetch_units(&keys)?;
         let mut unit: Option<(u64, Vec<u8>)> = None;
         for k in &keys {
             let v = ExtentValue::decode(&k.value)
@@ -214,7 +219,7 @@ impl FsCore {
             let data = match &unit {
                 Some((at, d)) if *at == ptr.dev_sector => d,
                 _ => {
-                    let stored = self.read_unit(&v, ptr)?;
+                    let stored = self.read_unit(&v, ptr, raw.remove(&ptr.dev_sector))?;
                     &unit.insert((ptr.dev_sector, stored)).1
                 }
             };
@@ -231,8 +236,53 @@ impl FsCore {
         Ok(n)
     }
 
-    /// Reads and verifies one stored unit; returns it uncompressed.
-    fn read_unit(&self, v: &ExtentValue, ptr: &ExtentPtr) -> FsResult<Vec<u8>> {
+    /// The stored bytes of every unit `keys` point at, keyed by device
+    /// sector, read with one device read per physically contiguous run
+    /// (sequentially written files read in large IOs, not unit by unit).
+    fn prefetch_units(&self, keys: &[Key]) -> FsResult<HashMap<u64, Vec<u8>>> {
+        let mut units: Vec<(u64, u64)> = Vec::new();
+        for k in keys {
+            let Some(v) = ExtentValue::decode(&k.value) else {
+                continue; // reported by the read itself
+            };
+            if let Some(p) = v.ptrs.first()
+                && units.last().is_none_or(|u| u.0 != p.dev_sector)
+            {
+                units.push((p.dev_sector, v.stored_sectors as u64));
+            }
+        }
+        units.sort_unstable();
+        units.dedup_by_key(|u| u.0);
+        let mut out = HashMap::with_capacity(units.len());
+        let mut i = 0;
+        while i < units.len() {
+            let mut j = i + 1;
+            let mut end = units[i].0 + units[i].1;
+            while j < units.len() && units[j].0 == end && end - units[i].0 < PREFETCH_MAX_SECTORS {
+                end += units[j].1;
+                j += 1;
+            }
+            let mut buf = vec![0u8; ((end - units[i].0) * SECTOR_BYTES) as usize];
+            self.engine.read_data(units[i].0, &mut buf)?;
+            for &(sector, len) in units[i..j].iter().rev() {
+                let at = ((sector - units[i].0) * SECTOR_BYTES) as usize;
+                let tail = buf.split_off(at);
+                debug_assert_eq!(tail.len() as u64, len * SECTOR_BYTES);
+                out.insert(sector, tail);
+            }
+            i = j;
+        }
+        Ok(out)
+    }
+
+    /// Verifies one stored unit (read now unless `raw` holds its bytes);
+    /// returns it uncompressed.
+    fn read_unit(
+        &self,
+        v: &ExtentValue,
+        ptr: &ExtentPtr,
+        raw: Option<Vec<u8>>,
+    ) -> FsResult<Vec<u8>> {
         let bucket = self.engine.geometry().bucket_of(ptr.dev_sector);
         let gen_now = self.engine.bucket(bucket)?.generation;
         if gen_now != ptr.generation {
@@ -241,8 +291,15 @@ impl FsCore {
                 ptr.generation
             )));
         }
-        let mut data = vec![0u8; v.stored_sectors as usize * SECTOR_BYTES as usize];
-        self.engine.read_data(ptr.dev_sector, &mut data)?;
+        let want = v.stored_sectors as usize * SECTOR_BYTES as usize;
+        let data = match raw {
+            Some(d) if d.len() == want => d,
+            _ => {
+                let mut d = vec![0u8; want];
+                self.engine.read_data(ptr.dev_sector, &mut d)?;
+                d
+            }
+        };
         let kind = checksum_type(v.csum_type)?;
         if checksum(kind, &data) != v.csum {
             tracing::error!(sector = ptr.dev_sector, "data checksum mismatch");
