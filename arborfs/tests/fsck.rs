@@ -188,6 +188,31 @@ fn extent_past_end_of_file_is_dropped() {
     assert_repairs(&dev, "extent past EOF");
 }
 
+/// fallocate with KEEP_SIZE leaves zero-filled space past the end of the
+/// file on purpose: fsck accepts it (and still drops real data there, see
+/// `extent_past_end_of_file_is_dropped`).
+#[test]
+fn preallocation_past_end_of_file_is_clean() {
+    let (dev, _, f) = populated();
+    damage(&dev, |fs| {
+        let size = fs.getattr(f).unwrap().size;
+        fs.fallocate(
+            &Caller::root(),
+            f,
+            size + 8192,
+            256 << 10,
+            arborfs::fs::FallocFlags {
+                keep_size: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(fs.getattr(f).unwrap().size, size);
+    });
+    let r = fsck(&dev, false);
+    assert!(r.is_clean(), "{:?}", r.problems);
+}
+
 #[test]
 fn unreachable_inode_goes_to_lost_and_found() {
     let (dev, d, f) = populated();

@@ -53,7 +53,7 @@ pub enum SeekWhence {
     Hole,
 }
 
-fn checksum(kind: ChecksumType, data: &[u8]) -> u64 {
+pub(crate) fn checksum(kind: ChecksumType, data: &[u8]) -> u64 {
     match kind {
         ChecksumType::None => 0,
         ChecksumType::Crc32c => crc32c::crc32c(data) as u64,

@@ -323,6 +323,7 @@ pub fn check(fs: &Fs, repair: bool, progress: &mut dyn FnMut(&str)) -> FsResult<
     let mut counters = [0i64; COUNTERS];
     let mut file_sectors: HashMap<u64, u64> = HashMap::new();
     let mut gens: HashMap<u64, u8> = HashMap::new();
+    let mut zero_csums = HashMap::new();
     for k in engine.iter(BtreeId::Extents, Pos::MIN, Pos::MAX) {
         let k = k?;
         r.extents += 1;
@@ -333,7 +334,10 @@ pub fn check(fs: &Fs, repair: bool, progress: &mut dyn FnMut(&str)) -> FsResult<
             (Some(o), _) if o.mode & S_IFMT != S_IFREG => {
                 Some("belongs to a non-regular inode".into())
             }
-            (Some(o), _) if k.start() * 512 >= o.size.div_ceil(4096) * 4096 => {
+            (Some(o), Some(v))
+                if k.start() * 512 >= o.size.div_ceil(4096) * 4096
+                    && !is_preallocation(v, &mut zero_csums) =>
+            {
                 Some("lies past the end of the file".into())
             }
             (_, None) if k.ty == KeyType::Extent => Some("has an undecodable value".into()),
@@ -561,6 +565,24 @@ pub fn check(fs: &Fs, repair: bool, progress: &mut dyn FnMut(&str)) -> FsResult<
 }
 
 /// `/lost+found`, created if missing.
+/// Whether an extent is space preallocated by fallocate (which stores
+/// zeros raw): allowed past the end of the file, as with `KEEP_SIZE`.
+/// Recognized by its checksum, that of a unit of zeros of its length.
+fn is_preallocation(v: &ExtentValue, zero_csums: &mut HashMap<(u8, u32), u64>) -> bool {
+    if v.compression != 0 {
+        return false;
+    }
+    let Some(kind) = crate::sb::ChecksumType::from_u8(v.csum_type) else {
+        return false;
+    };
+    let want = *zero_csums
+        .entry((v.csum_type, v.stored_sectors))
+        .or_insert_with(|| {
+            super::data::checksum(kind, &vec![0u8; v.stored_sectors as usize * 512])
+        });
+    v.csum == want
+}
+
 fn lost_and_found(fs: &Fs) -> FsResult<InodeNo> {
     let me = Caller::root();
     match fs.lookup(&me, ROOT_INO, b"lost+found") {
