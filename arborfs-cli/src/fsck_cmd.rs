@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use arborfs::device::{Device, FileDevice};
 use arborfs::engine::EngineOptions;
-use arborfs::fs::fsck::check;
-use arborfs::fs::{Fs, FsOptions};
+use arborfs::fs::FsOptions;
+use arborfs::fs::fsck::check_device;
 use serde_json::json;
 
 pub const EXIT_CLEAN: i32 = 0;
@@ -53,28 +53,21 @@ pub fn run(image: &Path, repair: bool, as_json: bool) -> i32 {
         },
         ..Default::default()
     };
-    let fs = match Fs::open(dev, opts) {
-        Ok(fs) => fs,
-        Err(e) => {
-            return fail(format!(
-                "cannot open the filesystem in {}: {e}",
-                image.display()
-            ));
-        }
-    };
     let started = std::time::Instant::now();
     let mut progress = |s: &str| {
         if !as_json {
             eprintln!("  {s}...");
         }
     };
-    let report = match check(&fs, repair, &mut progress) {
+    let report = match check_device(dev, opts, repair, &mut progress) {
         Ok(r) => r,
-        Err(e) => return fail(format!("check failed: {e}")),
+        Err(e) => {
+            return fail(format!(
+                "cannot check the filesystem in {}: {e}",
+                image.display()
+            ));
+        }
     };
-    if repair && let Err(e) = fs.close() {
-        return fail(format!("cannot write the repaired filesystem: {e}"));
-    }
     let code = if report.unrepaired > 0 {
         EXIT_UNREPAIRED
     } else if report.repaired > 0 {

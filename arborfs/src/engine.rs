@@ -777,6 +777,22 @@ impl Engine {
         Ok(())
     }
 
+    /// Replaces every b-tree node that cannot be read with an empty one of
+    /// the same range (fsck repair; the keys it held are lost), then
+    /// checkpoints. Returns the nodes dropped.
+    pub fn drop_damaged_nodes(&self) -> Result<Vec<crate::btree::tree::DroppedNode>> {
+        self.inner.check_writable()?;
+        let ctx = self.inner.ctx();
+        let mut all = Vec::new();
+        for t in &self.inner.trees {
+            all.extend(t.write().drop_damaged(&ctx)?);
+        }
+        if !all.is_empty() {
+            self.checkpoint()?;
+        }
+        Ok(all)
+    }
+
     /// The alloc key of `bucket` (defaults for a never-used bucket).
     pub fn bucket(&self, bucket: u64) -> Result<AllocValue> {
         let ctx = self.inner.ctx();

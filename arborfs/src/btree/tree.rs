@@ -894,3 +894,117 @@ fn dirty_children(n: &Node) -> Result<Vec<ChildRef>> {
     }
     Ok(out)
 }
+
+/// A node fsck found unreadable and replaced (its keys are lost).
+#[derive(Clone, Debug)]
+pub struct DroppedNode {
+    pub btree: BtreeId,
+    pub min: Pos,
+    pub max: Pos,
+    pub level: u8,
+    pub error: String,
+}
+
+impl TreeState {
+    /// Replaces every node that cannot be read (bad checksum, wrong range
+    /// or level, read error) with an empty subtree of the same level and
+    /// key range, so the rest of the tree stays usable; the keys the node
+    /// held are lost. Returns what was dropped.
+    pub fn drop_damaged(&mut self, ctx: &TreeCtx) -> Result<Vec<DroppedNode>> {
+        let mut dropped = Vec::new();
+        if let Err(e) = ctx.load(self.id, self.root, Pos::MIN, Pos::MAX) {
+            dropped.push(DroppedNode {
+                btree: self.id,
+                min: Pos::MIN,
+                max: Pos::MAX,
+                level: self.root.level,
+                error: e.to_string(),
+            });
+            let old = self.root;
+            self.root = self.empty_subtree(ctx, 0, Pos::MIN, Pos::MAX);
+            self.forget_damaged(ctx, old);
+        } else {
+            self.drop_damaged_rec(ctx, self.root, Pos::MIN, Pos::MAX, &mut dropped)?;
+        }
+        if !dropped.is_empty() {
+            self.mod_seq += 1;
+        }
+        Ok(dropped)
+    }
+
+    fn drop_damaged_rec(
+        &mut self,
+        ctx: &TreeCtx,
+        ptr: BtreePtr,
+        min: Pos,
+        max: Pos,
+        dropped: &mut Vec<DroppedNode>,
+    ) -> Result<bool> {
+        let children = {
+            let n = ctx.load(self.id, ptr, min, max)?;
+            let g = n.read();
+            if g.is_leaf() {
+                return Ok(false);
+            }
+            children_in_range(&g, Pos::MIN, Pos::MAX)?
+        };
+        let mut changed = Vec::new();
+        for c in children {
+            match ctx.load(self.id, c.ptr, c.min, c.key) {
+                Ok(_) => {
+                    if self.drop_damaged_rec(ctx, c.ptr, c.min, c.key, dropped)? {
+                        changed.push((c.key, None));
+                    }
+                }
+                Err(e) => {
+                    dropped.push(DroppedNode {
+                        btree: self.id,
+                        min: c.min,
+                        max: c.key,
+                        level: c.ptr.level,
+                        error: e.to_string(),
+                    });
+                    let fresh = self.empty_subtree(ctx, c.ptr.level, c.min, c.key);
+                    self.forget_damaged(ctx, c.ptr);
+                    changed.push((c.key, Some(fresh)));
+                }
+            }
+        }
+        if changed.is_empty() {
+            return Ok(false);
+        }
+        ctx.with_node_mut(self.id, ptr, min, max, |g| {
+            for (key, fresh) in changed {
+                match fresh {
+                    Some(p) => {
+                        g.insert(key, ptr_val(p));
+                    }
+                    None => {
+                        g.dirty.insert(key);
+                    }
+                }
+            }
+        })?;
+        Ok(true)
+    }
+
+    /// A chain of new nodes from `level` down to an empty leaf covering
+    /// `[min, max]`; returns the top one.
+    fn empty_subtree(&self, ctx: &TreeCtx, level: u8, min: Pos, max: Pos) -> BtreePtr {
+        let (mut ptr, _) = ctx.new_node(self.id, 0, min, max);
+        for l in 1..=level {
+            let (up, node) = ctx.new_node(self.id, l, min, max);
+            node.write().insert(max, ptr_val(ptr));
+            ptr = up;
+        }
+        ptr
+    }
+
+    /// Drops a damaged node from the cache and frees its slot.
+    fn forget_damaged(&mut self, ctx: &TreeCtx, ptr: BtreePtr) {
+        ctx.cache.remove(ptr.offset);
+        if !is_temp(ptr.offset) && ptr.sectors > 0 && ptr.sectors as usize * 512 <= ctx.node_size {
+            self.freed.push(ptr);
+        }
+    }
+}

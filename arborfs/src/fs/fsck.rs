@@ -57,6 +57,59 @@ impl FsckReport {
     }
 }
 
+/// Checks the filesystem on `dev` (opening it with `opts`, read-only
+/// unless `repair`). With `repair`, b-tree nodes that cannot be read are
+/// first replaced by empty ones (their keys are lost; the checks that
+/// follow reconnect or drop what depended on them), then [`check`] runs.
+/// Without it, a filesystem whose damaged nodes keep it from opening is
+/// reported as a problem left unrepaired.
+pub fn check_device(
+    dev: std::sync::Arc<dyn crate::device::Device>,
+    opts: super::FsOptions,
+    repair: bool,
+    progress: &mut dyn FnMut(&str),
+) -> FsResult<FsckReport> {
+    let mut r = FsckReport::default();
+    if repair {
+        progress("replacing unreadable b-tree nodes");
+        let engine = crate::engine::Engine::open(dev.clone(), opts.engine.clone())?;
+        for d in engine.drop_damaged_nodes()? {
+            r.problem(
+                true,
+                format!(
+                    "{} b-tree node (level {}) for {}..{} is unreadable ({}): replaced by an empty one, its keys are lost",
+                    d.btree.name(),
+                    d.level,
+                    d.min,
+                    d.max,
+                    d.error
+                ),
+            );
+        }
+        engine.close()?;
+    }
+    let fs = match Fs::open(dev, opts) {
+        Ok(fs) => fs,
+        Err(super::error::FsError::Corrupted(e)) if !repair => {
+            r.problem(false, format!("the filesystem does not open: {e}"));
+            return Ok(r);
+        }
+        Err(e) => return Err(e),
+    };
+    let more = check(&fs, repair, progress)?;
+    if repair {
+        fs.close()?;
+    }
+    r.problems.extend(more.problems);
+    r.repaired += more.repaired;
+    r.unrepaired += more.unrepaired;
+    r.nodes = more.nodes;
+    r.inodes = more.inodes;
+    r.dirents = more.dirents;
+    r.extents = more.extents;
+    Ok(r)
+}
+
 /// Checks the filesystem; with `repair`, fixes what it finds. `progress`
 /// gets short status lines for long runs.
 pub fn check(fs: &Fs, repair: bool, progress: &mut dyn FnMut(&str)) -> FsResult<FsckReport> {
@@ -69,13 +122,20 @@ pub fn check(fs: &Fs, repair: bool, progress: &mut dyn FnMut(&str)) -> FsResult<
     progress("checking b-tree nodes");
     let mut node_slots: Vec<(BtreeId, u64)> = Vec::new();
     let mut temp_nodes = false;
-    engine.walk_nodes(&mut |b, p| {
+    let walked = engine.walk_nodes(&mut |b, p| {
         if is_temp(p.offset) {
             temp_nodes = true;
         } else {
             node_slots.push((b, p.offset));
         }
-    })?;
+    });
+    if let Err(e @ crate::error::Error::Corrupted { .. }) = walked {
+        // Repair replaces unreadable nodes before this (`check_device`);
+        // nothing else can be checked over a tree with a hole in it.
+        r.problem(false, format!("damaged b-tree node: {e}"));
+        return Ok(r);
+    }
+    walked?;
     r.nodes = node_slots.len() as u64;
 
     progress("checking inodes");
@@ -180,49 +240,63 @@ pub fn check(fs: &Fs, repair: bool, progress: &mut dyn FnMut(&str)) -> FsResult<
     // Everything must be reachable from the root. What is not (no name, or
     // only names inside a cycle cut off from the root) and is not waiting
     // on the orphan list goes to /lost+found.
-    let mut reachable: HashSet<u64> = HashSet::new();
-    let mut queue = vec![ROOT_INO.0];
-    while let Some(d) = queue.pop() {
-        if !reachable.insert(d) {
-            continue;
+    // Inodes with no name at all are reconnected first; what they contain
+    // becomes reachable through them, so reachability is computed again
+    // until only inodes named from inside cut-off cycles remain.
+    let mut lf: Option<InodeNo> = None;
+    loop {
+        let mut reachable: HashSet<u64> = HashSet::new();
+        let mut queue = vec![ROOT_INO.0];
+        while let Some(d) = queue.pop() {
+            if !reachable.insert(d) {
+                continue;
+            }
+            if let Some(c) = children.get(&d) {
+                queue.extend(c.iter().copied());
+            }
         }
-        if let Some(c) = children.get(&d) {
-            queue.extend(c.iter().copied());
-        }
-    }
-    let lost: Vec<u64> = inodes
-        .keys()
-        .copied()
-        .filter(|i| !reachable.contains(i) && !orphans.contains(i))
-        .collect();
-    if !lost.is_empty() {
-        let lf = if repair {
-            Some(lost_and_found(fs)?)
-        } else {
-            None
-        };
-        for ino in lost {
-            let is_dir = inodes[&ino].mode & S_IFMT == S_IFDIR;
-            let what = if is_dir { "directory" } else { "inode" };
-            if links.get(&ino).copied().unwrap_or(0) > 0 {
-                // Named only from inside a cycle cut off from the root.
+        let lost: Vec<u64> = inodes
+            .keys()
+            .copied()
+            .filter(|i| !reachable.contains(i) && !orphans.contains(i))
+            .collect();
+        let (tops, in_cycles): (Vec<u64>, Vec<u64>) = lost
+            .into_iter()
+            .partition(|i| links.get(i).copied().unwrap_or(0) == 0);
+        if tops.is_empty() {
+            for ino in in_cycles {
+                let is_dir = inodes[&ino].mode & S_IFMT == S_IFDIR;
+                let what = if is_dir { "directory" } else { "inode" };
                 r.problem(
                     false,
                     format!("{what} {ino} is in a directory cycle not reachable from the root"),
                 );
-                continue;
             }
+            break;
+        }
+        if repair && lf.is_none() {
+            lf = Some(lost_and_found(fs)?);
+        }
+        for ino in tops {
+            let is_dir = inodes[&ino].mode & S_IFMT == S_IFDIR;
+            let what = if is_dir { "directory" } else { "inode" };
+            // Without repair, pretend it was reconnected under the root so
+            // its contents count as reachable.
+            let new_parent = lf.map_or(ROOT_INO.0, |l| l.0);
             if let Some(lf) = lf {
                 let name = format!("#{ino}");
                 let kind = FileKind::from_mode(inodes[&ino].mode).unwrap_or(FileKind::Regular);
                 fs.tx(Durability::Lazy, |tx| {
                     super::dirent::insert(tx, lf, name.as_bytes(), InodeNo(ino), kind.d_type())?;
+                    if is_dir {
+                        let mut v = super::inode::read_inode(tx, InodeNo(ino))?;
+                        v.parent = lf.0;
+                        super::inode::write_inode(tx, InodeNo(ino), &v);
+                    }
                     Ok(())
                 })?;
-                *links.entry(ino).or_default() += 1;
-                if is_dir {
-                    *subdirs.entry(lf.0).or_default() += 1;
-                    parent_of.insert(ino, lf.0);
+                if is_dir && let Some(v) = inodes.get_mut(&ino) {
+                    v.parent = lf.0;
                 }
                 // A lost+found made just now is an inode to check too.
                 if let std::collections::btree_map::Entry::Vacant(e) = inodes.entry(lf.0)
@@ -239,7 +313,14 @@ pub fn check(fs: &Fs, repair: bool, progress: &mut dyn FnMut(&str)) -> FsResult<
                     *links.entry(lf.0).or_default() += 1;
                     *subdirs.entry(ROOT_INO.0).or_default() += 1;
                     parent_of.insert(lf.0, ROOT_INO.0);
+                    children.entry(ROOT_INO.0).or_default().push(lf.0);
                 }
+            }
+            *links.entry(ino).or_default() += 1;
+            children.entry(new_parent).or_default().push(ino);
+            if is_dir {
+                *subdirs.entry(new_parent).or_default() += 1;
+                parent_of.insert(ino, new_parent);
             }
             let done = if repair {
                 "moved to /lost+found"
