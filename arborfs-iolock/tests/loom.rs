@@ -1,16 +1,18 @@
-//! Loom models of the locks: every interleaving of a few threads (up to the
-//! preemption bound below) on the real lock code, built on loom's `Mutex`
+//! Loom models of the locks: every interleaving of a few threads (up to
+//! each model's preemption bound) on the real lock code, built on loom's `Mutex`
 //! and `Condvar`. Loom fails a model on a deadlock (all threads blocked),
 //! so "every thread finishes" is checked by every model.
 //!
-//! Run with `scripts/loom.sh`. `LOOM_MAX_PREEMPTIONS` overrides the bound.
+//! Run with `scripts/loom.sh`. `LOOM_MAX_PREEMPTIONS` overrides the bounds.
 #![cfg(loom)]
 
+mod common;
+
+use common::{Probe, critical};
 use loom::sync::Arc;
-use loom::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use loom::thread;
 
-use arborfs_iolock::{IoLock, IoLockTable, IoMode, LockReq, LockSet, PagecacheMode, TwoStateLock};
+use arborfs_iolock::{IoLock, IoLockTable, IoMode, LockReq, PagecacheMode, TwoStateLock};
 
 /// Checks `f` on every interleaving with at most `bound` preemptions
 /// (`None`: all interleavings), unless `LOOM_MAX_PREEMPTIONS` says
@@ -23,59 +25,6 @@ fn model(bound: Option<usize>, f: impl Fn() + Sync + Send + 'static) {
         b.preemption_bound = bound;
     }
     b.check(f);
-}
-
-/// Holders of each state of one inode's locks, counted inside the critical
-/// sections.
-#[derive(Default)]
-struct Probe {
-    shared: AtomicUsize,
-    exclusive: AtomicUsize,
-    add: AtomicUsize,
-    block: AtomicUsize,
-}
-
-impl Probe {
-    fn counter(&self, req: LockReq) -> &AtomicUsize {
-        match req {
-            LockReq::Io(_, IoMode::Shared) => &self.shared,
-            LockReq::Io(_, IoMode::Exclusive) => &self.exclusive,
-            LockReq::Pagecache(_, PagecacheMode::Add) => &self.add,
-            LockReq::Pagecache(_, PagecacheMode::Block) => &self.block,
-        }
-    }
-
-    fn check(&self) {
-        let (s, x) = (self.shared.load(SeqCst), self.exclusive.load(SeqCst));
-        assert!(
-            x <= 1 && (x == 0 || s == 0),
-            "IO lock: {s} shared, {x} exclusive"
-        );
-        let (a, b) = (self.add.load(SeqCst), self.block.load(SeqCst));
-        assert!(a == 0 || b == 0, "pagecache: {a} ADD and {b} BLOCK at once");
-    }
-
-    /// Counts a holder of `state` while `guard` (if any) is held.
-    fn section<G>(&self, state: &AtomicUsize, guard: Option<G>) {
-        if let Some(g) = guard {
-            state.fetch_add(1, SeqCst);
-            self.check();
-            state.fetch_sub(1, SeqCst);
-            drop(g);
-        }
-    }
-}
-
-/// Enters the critical section of every lock `set` holds.
-fn critical(set: &LockSet<'_>, probes: &[Probe]) {
-    let held = set.held();
-    for r in &held {
-        probes[r.ino() as usize].counter(*r).fetch_add(1, SeqCst);
-    }
-    for r in &held {
-        probes[r.ino() as usize].check();
-        probes[r.ino() as usize].counter(*r).fetch_sub(1, SeqCst);
-    }
 }
 
 /// ADD and BLOCK are never held together; blocking and try lockers of both

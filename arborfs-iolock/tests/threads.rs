@@ -3,14 +3,15 @@
 //! Every test runs under a watchdog, so a deadlock fails instead of hanging.
 #![cfg(not(loom))]
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use arborfs_iolock::{
-    IoLock, IoLockTable, IoMode, LockReq, LockSet, PagecacheMode, Retry, TwoStateLock,
-};
+use arborfs_iolock::{IoLock, IoLockTable, IoMode, LockReq, PagecacheMode, Retry, TwoStateLock};
+use common::{Probe, critical};
 
 /// Runs `f` on a thread and fails if it takes longer than `secs`.
 fn watchdog(secs: u64, f: impl FnOnce() + Send + 'static) {
@@ -35,67 +36,6 @@ fn rng(seed: u64) -> impl FnMut() -> u64 {
         x ^= x >> 7;
         x ^= x << 17;
         x
-    }
-}
-
-/// Holders of each lock state of one inode, counted inside the critical
-/// sections to check that the locks exclude what they must.
-#[derive(Default)]
-struct Probe {
-    shared: AtomicUsize,
-    exclusive: AtomicUsize,
-    add: AtomicUsize,
-    block: AtomicUsize,
-}
-
-impl Probe {
-    fn counter(&self, req: LockReq) -> &AtomicUsize {
-        match req {
-            LockReq::Io(_, IoMode::Shared) => &self.shared,
-            LockReq::Io(_, IoMode::Exclusive) => &self.exclusive,
-            LockReq::Pagecache(_, PagecacheMode::Add) => &self.add,
-            LockReq::Pagecache(_, PagecacheMode::Block) => &self.block,
-        }
-    }
-
-    /// Counts one holder in `state` while `guard` holds the lock (nothing
-    /// if it is `None`, a failed try), checking exclusion.
-    fn section<G>(&self, state: &AtomicUsize, guard: Option<G>) {
-        if let Some(g) = guard {
-            state.fetch_add(1, SeqCst);
-            self.check();
-            thread::yield_now();
-            self.check();
-            state.fetch_sub(1, SeqCst);
-            drop(g);
-        }
-    }
-
-    fn check(&self) {
-        let (s, x) = (self.shared.load(SeqCst), self.exclusive.load(SeqCst));
-        assert!(
-            x <= 1 && (x == 0 || s == 0),
-            "IO lock: {s} shared, {x} exclusive"
-        );
-        let (a, b) = (self.add.load(SeqCst), self.block.load(SeqCst));
-        assert!(a == 0 || b == 0, "pagecache: {a} ADD and {b} BLOCK at once");
-    }
-}
-
-/// Enters the critical section of every lock `set` holds, checks, leaves.
-fn critical(set: &LockSet<'_>, probes: &[Probe]) {
-    let held = set.held();
-    let ino = |r: &LockReq| r.ino() as usize;
-    for r in &held {
-        probes[ino(r)].counter(*r).fetch_add(1, SeqCst);
-    }
-    for r in &held {
-        probes[ino(r)].check();
-    }
-    thread::yield_now();
-    for r in &held {
-        probes[ino(r)].check();
-        probes[ino(r)].counter(*r).fetch_sub(1, SeqCst);
     }
 }
 
