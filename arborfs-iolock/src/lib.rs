@@ -27,3 +27,19 @@ pub use io_lock::{InodeIo, IoExclusiveGuard, IoLock, IoMode, IoSharedGuard};
 pub use lockset::{LockReq, LockSet, Retry};
 pub use table::IoLockTable;
 pub use two_state::{AddGuard, BlockGuard, PagecacheMode, TwoStateLock};
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    /// Guards and lock sets may be moved to and released on another thread
+    /// (e.g. an O_DIRECT write completing elsewhere).
+    #[test]
+    fn guards_and_sets_are_send() {
+        fn send<T: Send>() {}
+        send::<crate::AddGuard<'static>>();
+        send::<crate::BlockGuard<'static>>();
+        send::<crate::IoSharedGuard<'static>>();
+        send::<crate::IoExclusiveGuard<'static>>();
+        send::<crate::LockSet<'static>>();
+        send::<std::sync::Arc<crate::InodeIo>>();
+    }
+}

@@ -14,7 +14,8 @@
 //!   they wake up, so nobody can slip in between.
 //! * Consequence: under contention the kinds alternate, and a waiter waits
 //!   for at most the current holders plus one batch of the other kind (an
-//!   exclusive waiter also for the exclusive waiters queued before it).
+//!   exclusive waiter also for the exclusive waiters queued before it, each
+//!   followed by at most one shared batch).
 //! * **`try_lock` never jumps the queue**: it fails when anyone is waiting.
 //!
 //! Not reentrant: a thread holding the lock in a shared kind that asks for
