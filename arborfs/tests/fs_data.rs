@@ -159,6 +159,8 @@ fn run(ops: Vec<Op>) {
     }
     assert!(read_all(&fs, ino) == model);
     // Allocated sectors never exceed what the file covers (holes stay holes).
+    // Written back first: until then the count includes every dirty page.
+    fs.fsync(ino, false).unwrap();
     let attr = fs.getattr(ino).unwrap();
     assert!(
         attr.blocks * 512 <= (model.len() as u64).div_ceil(4096) * 4096,

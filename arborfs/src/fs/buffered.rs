@@ -9,7 +9,8 @@
 //! cache), then the writeback lock (one writeback of an inode at a time),
 //! then engine locks. A writeback needs the IO lock held by its caller.
 
-use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use arborfs_iolock::{IoMode, LockSet, PagecacheMode};
+use parking_lot::Mutex;
 
 use super::FsCore;
 use super::data::{Stored, kill_suid, put_extents, regular};
@@ -29,19 +30,30 @@ const READAHEAD_PAGES: u64 = 256;
 /// back to writing through (so ENOSPC is reported by the write itself).
 const SPACE_MARGIN: u64 = 16 << 20;
 
-enum IoGuard<'a> {
-    Shared(#[allow(dead_code)] RwLockReadGuard<'a, ()>),
-    Exclusive(#[allow(dead_code)] RwLockWriteGuard<'a, ()>),
-}
-
 impl FsCore {
-    pub(crate) fn io_lock(&self, ino: InodeNo) -> &RwLock<()> {
-        &self.io_locks[stripe(ino, self.io_locks.len())]
+    /// Takes one inode's IO lock and, if asked, its pagecache lock (in
+    /// order, so it never has to retry). Released when the set drops.
+    pub(crate) fn lock_inode(
+        &self,
+        ino: InodeNo,
+        io: IoMode,
+        pagecache: Option<PagecacheMode>,
+    ) -> LockSet<'_> {
+        let mut l = self.locks.lock_set();
+        l.acquire(|s| {
+            s.lock_io(ino.0, io)?;
+            if let Some(m) = pagecache {
+                s.lock_pagecache(ino.0, m)?;
+            }
+            Ok(())
+        });
+        l
     }
 
-    /// The pagecache add (read) / block (write) lock of an inode.
-    pub(crate) fn pagecache_lock(&self, ino: InodeNo) -> &RwLock<()> {
-        &self.pagecache_locks[stripe(ino, self.pagecache_locks.len())]
+    /// Adds the pagecache lock of an inode whose IO lock `l` holds (in
+    /// order after it: never retries).
+    fn add_pagecache_lock(l: &mut LockSet<'_>, ino: InodeNo, mode: PagecacheMode) {
+        l.acquire(|s| s.lock_pagecache(ino.0, mode));
     }
 
     fn writeback_lock(&self, ino: InodeNo) -> &Mutex<()> {
@@ -81,8 +93,12 @@ impl FsCore {
     /// Served from the page cache; missing pages are read from disk and
     /// cached, with readahead when reads are sequential.
     pub fn read(&self, ino: InodeNo, offset: u64, buf: &mut [u8]) -> FsResult<usize> {
-        let _io = self.io_lock(ino).read();
-        let _add = self.pagecache_lock(ino).read();
+        let _l = self.lock_inode(ino, IoMode::Shared, Some(PagecacheMode::Add));
+        self.read_locked(ino, offset, buf)
+    }
+
+    /// `read` for a caller holding the IO lock and pagecache add lock.
+    fn read_locked(&self, ino: InodeNo, offset: u64, buf: &mut [u8]) -> FsResult<usize> {
         let size = self.cached_size(ino)?;
         if offset >= size || buf.is_empty() {
             return Ok(0);
@@ -137,7 +153,7 @@ impl FsCore {
         if data.is_empty() {
             return Ok(0);
         }
-        let _io = self.lock_for_write(ino, offset, data.len())?;
+        let mut l = self.lock_for_write(ino, offset, data.len())?;
         let v = self.tx(Durability::Lazy, |tx| read_inode(tx, ino))?;
         let size = self.cached_size(ino)?;
         let mut killed = v.clone();
@@ -152,9 +168,9 @@ impl FsCore {
             })?;
         }
         if !self.room_for_buffered(data.len() as u64) {
-            return self.write_uncached(caller, ino, offset, data);
+            return self.write_uncached(&mut l, caller, ino, offset, data);
         }
-        let _add = self.pagecache_lock(ino).read();
+        Self::add_pagecache_lock(&mut l, ino, PagecacheMode::Add);
         let now = Timespec::now();
         loop {
             match self.pages.write(ino.0, offset, data, size, now) {
@@ -189,7 +205,7 @@ impl FsCore {
     /// back first, then the disk is read; the cache is neither used nor
     /// filled.
     pub fn read_direct(&self, ino: InodeNo, offset: u64, buf: &mut [u8]) -> FsResult<usize> {
-        let _io = self.io_lock(ino).read();
+        let _l = self.lock_inode(ino, IoMode::Shared, None);
         self.writeback_inode_locked(ino)?;
         self.read_inner(ino, offset, buf)
     }
@@ -208,8 +224,8 @@ impl FsCore {
         if data.is_empty() {
             return Ok(0);
         }
-        let _io = self.lock_for_write(ino, offset, data.len())?;
-        self.write_uncached(caller, ino, offset, data)
+        let mut l = self.lock_for_write(ino, offset, data.len())?;
+        self.write_uncached(&mut l, caller, ino, offset, data)
     }
 
     /// Writes to disk with the pagecache block lock held, after writing
@@ -217,12 +233,13 @@ impl FsCore {
     /// range. The caller holds the IO lock as `lock_for_write` took it.
     fn write_uncached(
         &self,
+        l: &mut LockSet<'_>,
         caller: &Caller,
         ino: InodeNo,
         offset: u64,
         data: &[u8],
     ) -> FsResult<usize> {
-        let _block = self.pagecache_lock(ino).write();
+        Self::add_pagecache_lock(l, ino, PagecacheMode::Block);
         self.writeback_inode_locked(ino)?;
         self.pages
             .invalidate_range(ino.0, offset, offset + data.len() as u64);
@@ -231,7 +248,7 @@ impl FsCore {
 
     /// Checks a write of `len` bytes at `offset` and takes the inode's IO
     /// lock: exclusive if the write extends the file, else shared.
-    fn lock_for_write(&self, ino: InodeNo, offset: u64, len: usize) -> FsResult<IoGuard<'_>> {
+    fn lock_for_write(&self, ino: InodeNo, offset: u64, len: usize) -> FsResult<LockSet<'_>> {
         let end = offset.checked_add(len as u64).ok_or(FsError::FileTooBig)?;
         if end > MAX_FILE_SIZE {
             return Err(FsError::FileTooBig);
@@ -241,11 +258,12 @@ impl FsCore {
         }
         loop {
             let extending = end > self.cached_size(ino)?;
-            let io = if extending {
-                IoGuard::Exclusive(self.io_lock(ino).write())
+            let mode = if extending {
+                IoMode::Exclusive
             } else {
-                IoGuard::Shared(self.io_lock(ino).read())
+                IoMode::Shared
             };
+            let io = self.lock_inode(ino, mode, None);
             // Shrunk since we looked: take the exclusive lock instead.
             if extending || end <= self.cached_size(ino)? {
                 return Ok(io);
@@ -254,10 +272,70 @@ impl FsCore {
         }
     }
 
+    /// Copies `len` bytes between files (a copy; reflink comes later).
+    /// Holds the source's IO lock shared and pagecache add, the
+    /// destination's IO lock exclusive and pagecache block, taken in inode
+    /// order (out-of-order ones only tried, then everything retaken). The
+    /// destination is written through, after its cached pages of the range
+    /// were written back and dropped. Ranges of one file must not overlap.
+    pub fn copy_file_range(
+        &self,
+        caller: &Caller,
+        src: InodeNo,
+        src_off: u64,
+        dst: InodeNo,
+        dst_off: u64,
+        len: u64,
+    ) -> FsResult<u64> {
+        if src == dst
+            && src_off < dst_off.saturating_add(len)
+            && dst_off < src_off.saturating_add(len)
+        {
+            return Err(FsError::Invalid("overlapping copy within one file".into()));
+        }
+        if dst_off.checked_add(len).is_none_or(|e| e > MAX_FILE_SIZE) {
+            return Err(FsError::FileTooBig);
+        }
+        if self.is_read_only() {
+            return Err(FsError::ReadOnly);
+        }
+        let mut l = self.locks.lock_set();
+        l.acquire(|s| {
+            s.lock_io(src.0, IoMode::Shared)?;
+            s.lock_io(dst.0, IoMode::Exclusive)?;
+            s.lock_pagecache(dst.0, PagecacheMode::Block)?;
+            if src != dst {
+                s.lock_pagecache(src.0, PagecacheMode::Add)?;
+            }
+            Ok(())
+        });
+        let len = len.min(self.cached_size(src)?.saturating_sub(src_off));
+        self.writeback_inode_locked(dst)?;
+        self.pages.invalidate_range(dst.0, dst_off, dst_off + len);
+        let mut done = 0u64;
+        let mut buf = vec![0u8; (len.min(1 << 20)) as usize];
+        while done < len {
+            let n = (len - done).min(buf.len() as u64) as usize;
+            // One file: its pages are written back, read the disk (the
+            // cache needs the add lock, which block excludes).
+            let got = if src == dst {
+                self.read_inner(src, src_off + done, &mut buf[..n])?
+            } else {
+                self.read_locked(src, src_off + done, &mut buf[..n])?
+            };
+            if got == 0 {
+                break;
+            }
+            self.write_through(caller, dst, dst_off + done, &buf[..got])?;
+            done += got as u64;
+        }
+        Ok(done)
+    }
+
     /// Makes the file's data and metadata durable.
     pub fn fsync(&self, ino: InodeNo, _datasync: bool) -> FsResult<()> {
         {
-            let _io = self.io_lock(ino).read();
+            let _l = self.lock_inode(ino, IoMode::Shared, None);
             self.writeback_inode_locked(ino)?;
         }
         self.engine.sync()?;
@@ -341,7 +419,8 @@ impl FsCore {
         };
         for ino in inos {
             let ino = InodeNo(ino);
-            if let Some(_io) = self.io_lock(ino).try_read() {
+            let locks = self.locks.get(ino.0);
+            if let Some(_io) = locks.io().try_lock_shared() {
                 self.writeback_inode_locked(ino)?;
             }
         }
@@ -352,7 +431,7 @@ impl FsCore {
     pub(crate) fn writeback_all(&self) -> FsResult<()> {
         for ino in self.pages.dirty_inodes() {
             let ino = InodeNo(ino);
-            let _io = self.io_lock(ino).read();
+            let _l = self.lock_inode(ino, IoMode::Shared, None);
             self.writeback_inode_locked(ino)?;
         }
         Ok(())

@@ -12,6 +12,8 @@
 
 use std::collections::HashMap;
 
+use arborfs_iolock::{IoMode, PagecacheMode};
+
 use super::FsCore;
 use super::compress::{self, Compression};
 use super::error::{FsError, FsResult};
@@ -431,8 +433,7 @@ impl FsCore {
         if size > MAX_FILE_SIZE {
             return Err(FsError::FileTooBig);
         }
-        let _io = self.io_lock(ino).write();
-        let _block = self.pagecache_lock(ino).write();
+        let _l = self.lock_inode(ino, IoMode::Exclusive, Some(PagecacheMode::Block));
         self.writeback_inode_locked(ino)?;
         self.pages.forget(ino.0);
         self.set_size_locked(caller, ino, size)
@@ -501,8 +502,7 @@ impl FsCore {
         if flags.punch_hole && !flags.keep_size {
             return Err(FsError::NotSupported);
         }
-        let _io = self.io_lock(ino).write();
-        let _block = self.pagecache_lock(ino).write();
+        let _l = self.lock_inode(ino, IoMode::Exclusive, Some(PagecacheMode::Block));
         self.writeback_inode_locked(ino)?;
         self.pages.forget(ino.0);
         let size = self.getattr(ino)?.size;
@@ -628,7 +628,7 @@ impl FsCore {
     /// SEEK_DATA / SEEK_HOLE.
     pub fn lseek(&self, ino: InodeNo, offset: u64, whence: SeekWhence) -> FsResult<u64> {
         // Cached data is written first: the extents are what is searched.
-        let _io = self.io_lock(ino).read();
+        let _l = self.lock_inode(ino, IoMode::Shared, None);
         self.writeback_inode_locked(ino)?;
         self.tx(Durability::Lazy, |tx| {
             let v = read_inode(tx, ino)?;
@@ -669,31 +669,5 @@ impl FsCore {
                 }
             }
         })
-    }
-
-    /// Copies `len` bytes between files (a copy for now; reflink comes later).
-    pub fn copy_file_range(
-        &self,
-        caller: &Caller,
-        src: InodeNo,
-        src_off: u64,
-        dst: InodeNo,
-        dst_off: u64,
-        len: u64,
-    ) -> FsResult<u64> {
-        let size = self.getattr(src)?.size;
-        let len = len.min(size.saturating_sub(src_off));
-        let mut done = 0u64;
-        let mut buf = vec![0u8; (len.min(1 << 20)) as usize];
-        while done < len {
-            let n = (len - done).min(buf.len() as u64) as usize;
-            let got = self.read(src, src_off + done, &mut buf[..n])?;
-            if got == 0 {
-                break;
-            }
-            self.write(caller, dst, dst_off + done, &buf[..got])?;
-            done += got as u64;
-        }
-        Ok(done)
     }
 }

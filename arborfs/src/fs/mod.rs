@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 pub use data::{FallocFlags, SeekWhence};
 pub use dirent::DirEntry;
@@ -164,14 +164,10 @@ pub struct FsCore {
     open_counts: Mutex<HashMap<u64, u32>>,
     pub(crate) opts: FsOptions,
     generation: AtomicU64,
-    /// Per-inode IO locks (striped): shared for reads, exclusive for writes
-    /// and size changes, so read-modify-write of a block is never torn.
-    io_locks: Vec<RwLock<()>>,
-    /// Per-inode pagecache locks (striped): shared ("add") by paths that
-    /// put pages in the cache, exclusive ("block") by paths that must keep
-    /// pages out while they change the file underneath (direct writes,
-    /// truncate, fallocate).
-    pagecache_locks: Vec<RwLock<()>>,
+    /// Per-inode IO locks (shared for reads and writes inside the file,
+    /// exclusive for size changes) and pagecache add/block locks, created
+    /// on demand and dropped when unused (docs/locking.md).
+    pub(crate) locks: arborfs_iolock::IoLockTable,
     /// One writeback of an inode at a time (striped; a leaf lock).
     writeback_locks: Vec<Mutex<()>>,
     pub(crate) pages: pagecache::PageCache,
@@ -254,8 +250,7 @@ impl Fs {
             open_counts: Mutex::new(HashMap::new()),
             opts,
             generation: AtomicU64::new(last),
-            io_locks: (0..256).map(|_| RwLock::new(())).collect(),
-            pagecache_locks: (0..256).map(|_| RwLock::new(())).collect(),
+            locks: arborfs_iolock::IoLockTable::new(),
             writeback_locks: (0..64).map(|_| Mutex::new(())).collect(),
             pages: pagecache::PageCache::new(page_cache_bytes),
         };

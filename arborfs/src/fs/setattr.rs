@@ -134,7 +134,7 @@ impl FsCore {
         }
         // Buffered writes' pending times go to disk first, so they cannot
         // later overwrite the times set here.
-        let _io = self.io_lock(ino).read();
+        let _l = self.lock_inode(ino, arborfs_iolock::IoMode::Shared, None);
         self.writeback_inode_locked(ino)?;
         let a = self.tx(Durability::Lazy, |tx| {
             let mut v = read_inode(tx, ino)?;
