@@ -455,10 +455,9 @@ impl TreeState {
             return Ok(());
         }
         if start == end {
-            // One position: one child per level, no list to build.
-            let c = find_child(&g, start)?;
+            // One position: the path of a lookup.
             drop(g);
-            return self.touch_rec(ctx, c.ptr, c.min, c.key, start, end);
+            return self.get_with(ctx, start, |_| ()).map(|_| ());
         }
         let children = children_in_range(&g, start, end)?;
         drop(g);
@@ -528,8 +527,11 @@ impl TreeState {
                 return Ok((r, n));
             }
             let c = find_child(&g, pos)?;
-            // The child's pointer is rewritten at the next checkpoint.
-            g.dirty.insert(c.key);
+            // The child's pointer is rewritten at the next checkpoint (a
+            // node written in full rewrites every pointer anyway).
+            if !g.needs_full_write {
+                g.dirty.insert(c.key);
+            }
             drop(g);
             break (n, c);
         };
