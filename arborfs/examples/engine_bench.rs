@@ -20,6 +20,36 @@ fn arg(name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
+/// CPU seconds used by the whole process so far (all threads): unlike wall
+/// time it does not count time spent waiting for a core, so it stays
+/// comparable on a machine shared with other jobs.
+fn cpu_s() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write to.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// Wall clock and CPU clock of one phase.
+struct Timer(Instant, f64);
+
+impl Timer {
+    fn start() -> Timer {
+        Timer(Instant::now(), cpu_s())
+    }
+
+    /// `(ops per wall second, ops per CPU second)`.
+    fn rates(&self, ops: f64) -> (f64, f64) {
+        (
+            ops / self.0.elapsed().as_secs_f64(),
+            ops / (cpu_s() - self.1),
+        )
+    }
+}
+
 fn peak_rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -60,13 +90,13 @@ fn fresh(path: &std::path::Path, cache: usize) -> Engine {
     .expect("open")
 }
 
-fn insert_all(e: &Engine, n: u64) -> f64 {
+fn insert_all(e: &Engine, n: u64) -> (f64, f64) {
     let mut order: Vec<u64> = (0..n).collect();
     let mut rng = Rng(42);
     for i in (1..order.len()).rev() {
         order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
     }
-    let t = Instant::now();
+    let t = Timer::start();
     for chunk in order.chunks(100) {
         let mut tx = e.begin();
         for &i in chunk {
@@ -78,7 +108,7 @@ fn insert_all(e: &Engine, n: u64) -> f64 {
         tx.commit(Durability::Lazy).expect("commit");
     }
     e.sync().expect("sync");
-    n as f64 / t.elapsed().as_secs_f64()
+    t.rates(n as f64)
 }
 
 fn main() {
@@ -89,23 +119,25 @@ fn main() {
 
     if !std::env::args().any(|a| a == "--skip-small-cache") {
         let e = fresh(&image, 64 << 20);
-        let ops = insert_all(&e, n);
+        let (ops, cpu) = insert_all(&e, n);
         e.close().expect("close");
         println!(
-            "{{\"op\":\"insert_64m_cache\",\"keys\":{n},\"ops_per_s\":{ops:.0},\"peak_rss_mb\":{:.1}}}",
+            "{{\"op\":\"insert_64m_cache\",\"keys\":{n},\"ops_per_s\":{ops:.0},\"ops_per_cpu_s\":{cpu:.0},\"peak_rss_mb\":{:.1}}}",
             peak_rss_mb()
         );
     }
 
     let e = fresh(&image, arborfs::engine::DEFAULT_CACHE_BYTES);
-    let ops = insert_all(&e, n);
-    println!("{{\"op\":\"insert\",\"keys\":{n},\"ops_per_s\":{ops:.0}}}");
+    let (ops, cpu) = insert_all(&e, n);
+    println!(
+        "{{\"op\":\"insert\",\"keys\":{n},\"ops_per_s\":{ops:.0},\"ops_per_cpu_s\":{cpu:.0}}}"
+    );
     let lookup_repeat: u64 =
         arg("--lookup-repeat").map_or(1, |s| s.parse().expect("--lookup-repeat N"));
 
     let mut rng = Rng(7);
     let lookups = n.max(1_000_000) * lookup_repeat;
-    let t = Instant::now();
+    let t = Timer::start();
     for _ in 0..lookups {
         let i = rng.next() % n;
         let k = e
@@ -114,11 +146,13 @@ fn main() {
             .expect("present");
         debug_assert_eq!(k.value, i.to_le_bytes());
     }
-    let ops = lookups as f64 / t.elapsed().as_secs_f64();
-    println!("{{\"op\":\"lookup\",\"keys\":{n},\"ops_per_s\":{ops:.0}}}");
+    let (ops, cpu) = t.rates(lookups as f64);
+    println!(
+        "{{\"op\":\"lookup\",\"keys\":{n},\"ops_per_s\":{ops:.0},\"ops_per_cpu_s\":{cpu:.0}}}"
+    );
 
     let repeat: u64 = arg("--scan-repeat").map_or(1, |s| s.parse().expect("--scan-repeat N"));
-    let t = Instant::now();
+    let t = Timer::start();
     let mut count = 0u64;
     for _ in 0..repeat {
         for k in e.iter(BtreeId::Inodes, Pos::MIN, Pos::MAX) {
@@ -127,8 +161,8 @@ fn main() {
         }
     }
     assert_eq!(count, n * repeat);
-    let ops = count as f64 / t.elapsed().as_secs_f64();
-    println!("{{\"op\":\"scan\",\"keys\":{n},\"ops_per_s\":{ops:.0}}}");
+    let (ops, cpu) = t.rates(count as f64);
+    println!("{{\"op\":\"scan\",\"keys\":{n},\"ops_per_s\":{ops:.0},\"ops_per_cpu_s\":{cpu:.0}}}");
 
     eprintln!("stats after the default-cache phases: {:?}", e.stats());
     e.close().expect("close");

@@ -91,12 +91,10 @@ impl Engine {
     /// Committed value at `pos` (outside any transaction).
     pub fn get(&self, btree: BtreeId, pos: Pos) -> Result<Option<Key>> {
         let ctx = self.inner.ctx();
-        Ok(self
-            .inner
+        self.inner
             .tree(btree)
             .read()
-            .get(&ctx, pos)?
-            .map(|v| v.to_key(pos)))
+            .get_with(&ctx, pos, |v| v.to_key(pos))
     }
 }
 

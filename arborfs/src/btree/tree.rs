@@ -7,6 +7,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::cache::{NodeCache, NodeRef, is_temp};
+
+type NodeReadGuard = parking_lot::ArcRwLockReadGuard<parking_lot::RawRwLock, Node>;
 use super::node::{Node, Val};
 use super::node_format::BtreePtr;
 use crate::SECTOR_BYTES;
@@ -26,6 +28,8 @@ pub struct TreeState {
     /// Written nodes dropped since the last checkpoint; their space is
     /// released by the next checkpoint.
     pub freed: Vec<BtreePtr>,
+    /// The root node as last seen by a change of the tree (see `root_guard`).
+    root_node: Option<NodeRef>,
 }
 
 /// What tree operations need besides the tree itself.
@@ -223,6 +227,7 @@ impl TreeState {
             root,
             mod_seq: 0,
             freed: Vec::new(),
+            root_node: None,
         }
     }
 
@@ -232,46 +237,58 @@ impl TreeState {
     }
 
     /// Runs `f` on the value at exactly `pos` without copying it first.
+    ///
+    /// Each level takes one read lock: the child's guard is taken (and its
+    /// sequence checked) while the parent's is still held, as in `scan_rec`.
     pub fn get_with<R>(
         &self,
         ctx: &TreeCtx,
         pos: Pos,
         f: impl FnOnce(&Val) -> R,
     ) -> Result<Option<R>> {
-        let mut n = ctx.load(self.id, self.root, Pos::MIN, Pos::MAX)?;
+        let mut g = match self.root_guard() {
+            Some(g) => g,
+            None => ctx.load(self.id, self.root, Pos::MIN, Pos::MAX)?.read_arc(),
+        };
         loop {
-            let next = {
-                let g = n.read();
-                if g.is_leaf() {
-                    return Ok(g.keys.get(&pos).map(f));
-                }
-                let (key, val) = g.keys.range(pos..).next().ok_or_else(|| {
-                    Error::corrupted(
-                        Structure::BtreeNode,
-                        g.ptr.offset,
-                        format!("no child covers {pos:?}"),
-                    )
-                })?;
-                let cptr = child_ptr(&g, *key, val)?;
-                // The child's lower bound is only needed to validate a read from disk.
-                match ctx.cache.get(cptr.offset) {
-                    Some(c)
-                        if {
-                            let cg = c.read();
-                            cg.ptr.seq == cptr.seq && !cg.evicted
-                        } =>
-                    {
-                        c
-                    }
-                    _ => {
-                        let c = find_child(&g, pos)?;
-                        drop(g);
-                        ctx.load(self.id, c.ptr, c.min, c.key)?
-                    }
+            if g.is_leaf() {
+                return Ok(g.keys.get(&pos).map(f));
+            }
+            let (key, val) = g.keys.range(pos..).next().ok_or_else(|| {
+                Error::corrupted(
+                    Structure::BtreeNode,
+                    g.ptr.offset,
+                    format!("no child covers {pos:?}"),
+                )
+            })?;
+            let cptr = child_ptr(&g, *key, val)?;
+            // The child's lower bound is only needed to validate a read from disk.
+            let cached = ctx.cache.get(cptr.offset).and_then(|c| {
+                let cg = c.read_arc();
+                (cg.ptr.seq == cptr.seq && !cg.evicted).then_some(cg)
+            });
+            g = match cached {
+                Some(cg) => cg,
+                None => {
+                    let c = find_child(&g, pos)?;
+                    drop(g);
+                    ctx.load(self.id, c.ptr, c.min, c.key)?.read_arc()
                 }
             };
-            n = next;
         }
+    }
+
+    /// A read guard on the root node if the cached reference is current.
+    fn root_guard(&self) -> Option<NodeReadGuard> {
+        let g = self.root_node.as_ref()?.read_arc();
+        (g.ptr.seq == self.root.seq && !g.evicted).then_some(g)
+    }
+
+    /// Remembers the root node, so lookups need no cache lookup for it.
+    /// Called after every change of the tree (a stale reference is detected
+    /// by `root_guard` and ignored).
+    fn refresh_root_node(&mut self, ctx: &TreeCtx) {
+        self.root_node = ctx.cache.get(self.root.offset);
     }
 
     /// Appends up to `limit` keys in `[start, end]` to `out`, in order.
@@ -437,6 +454,11 @@ impl TreeState {
         if g.is_leaf() {
             return Ok(());
         }
+        if start == end {
+            // One position: the path of a lookup.
+            drop(g);
+            return self.get_with(ctx, start, |_| ()).map(|_| ());
+        }
         let children = children_in_range(&g, start, end)?;
         drop(g);
         for c in children {
@@ -477,6 +499,7 @@ impl TreeState {
     ) -> Result<Option<Val>> {
         let (r, _) = self.modify_rec(ctx, self.root, Pos::MIN, Pos::MAX, pos, f)?;
         self.fix_root(ctx)?;
+        self.refresh_root_node(ctx);
         Ok(r)
     }
 
@@ -504,8 +527,11 @@ impl TreeState {
                 return Ok((r, n));
             }
             let c = find_child(&g, pos)?;
-            // The child's pointer is rewritten at the next checkpoint.
-            g.dirty.insert(c.key);
+            // The child's pointer is rewritten at the next checkpoint (a
+            // node written in full rewrites every pointer anyway).
+            if !g.needs_full_write {
+                g.dirty.insert(c.key);
+            }
             drop(g);
             break (n, c);
         };
@@ -544,15 +570,19 @@ impl TreeState {
             }
             let right_min = split_key.successor().expect("split key below max");
             let right_keys = child.keys.split_off(&right_min);
+            let moved: usize = right_keys.values().map(Val::encoded_len).sum();
+            child.live_bytes -= moved;
             let (right_ptr, right) = ctx.new_node(self.id, child.level, right_min, child.max);
             {
+                // A new node is written in full: no per-key dirty tracking.
                 let mut r = right.write();
-                for (p, v) in right_keys {
-                    child.live_bytes -= v.encoded_len();
-                    r.insert(p, v);
-                }
+                debug_assert!(r.keys.is_empty() && r.needs_full_write);
+                r.keys = right_keys;
+                r.live_bytes += moved;
                 r.journal_seq = child.journal_seq;
             }
+            let mem = right.read().mem_bytes();
+            ctx.cache.update_mem(right_ptr.offset, mem);
             child.max = split_key;
             child.needs_full_write = true;
             child.dirty.retain(|p| *p <= split_key);
@@ -768,6 +798,7 @@ impl TreeState {
         let old = self.root;
         let new = self.write_rec(ctx, self.root, Pos::MIN, Pos::MAX, alloc_slot)?;
         self.root = new;
+        self.refresh_root_node(ctx);
         Ok(new != old)
     }
 
