@@ -198,7 +198,7 @@ impl FsCore {
         let s = self.statfs();
         let free = s.bfree * s.bsize as u64;
         let dirty = self.pages.stats().dirty_bytes as u64;
-        free > dirty + len + SPACE_MARGIN
+        free > dirty.saturating_add(len).saturating_add(SPACE_MARGIN)
     }
 
     /// Direct read (O_DIRECT): cached dirty data of the file is written

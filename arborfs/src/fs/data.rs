@@ -170,14 +170,19 @@ impl FsCore {
     /// Reads from disk, bypassing the page cache, for a caller that holds
     /// the inode's IO lock; short only at the on-disk end of file.
     pub(crate) fn read_inner(&self, ino: InodeNo, offset: u64, buf: &mut [u8]) -> FsResult<usize> {
-        // Copygc may move an extent between our lookup and the data read
-        // (the old bucket's generation moves on): then look it up again.
+        // Between our lookup and the data read, copygc may move an extent
+        // or a writeback (which runs beside reads) replace it, and its old
+        // bucket be reused with a new generation: then look it up again.
         let mut tries = 0;
         loop {
             let seq = self.engine.data_move_seq();
-            match self.read_once(ino, offset, buf) {
+            let mut used = Vec::new();
+            match self.read_once(ino, offset, buf, &mut used) {
                 Err(FsError::Io(_))
-                    if tries < 16 && (seq % 2 == 1 || self.engine.data_move_seq() != seq) =>
+                    if tries < 16
+                        && (seq % 2 == 1
+                            || self.engine.data_move_seq() != seq
+                            || self.extents_now(ino, offset, buf.len())? != used) =>
                 {
                     tries += 1
                 }
@@ -186,26 +191,41 @@ impl FsCore {
         }
     }
 
-    fn read_once(&self, ino: InodeNo, offset: u64, buf: &mut [u8]) -> FsResult<usize> {
-        let (size, keys) = self.tx(Durability::Lazy, |tx| {
+    /// The extent keys a read of `len` bytes at `offset` looks up.
+    fn extents_now(&self, ino: InodeNo, offset: u64, len: usize) -> FsResult<Vec<Key>> {
+        self.tx(Durability::Lazy, |tx| {
+            let v = read_inode(tx, ino)?;
+            if offset >= v.size {
+                return Ok(Vec::new());
+            }
+            let end = (offset + len as u64).min(v.size);
+            extents_in(tx, ino, offset / SECTOR_BYTES, end.div_ceil(SECTOR_BYTES))
+        })
+    }
+
+    fn read_once(
+        &self,
+        ino: InodeNo,
+        offset: u64,
+        buf: &mut [u8],
+        used: &mut Vec<Key>,
+    ) -> FsResult<usize> {
+        let size = self.tx(Durability::Lazy, |tx| {
             let v = read_inode(tx, ino)?;
             regular(&v)?;
-            if offset >= v.size {
-                return Ok((v.size, Vec::new()));
-            }
-            let end = (offset + buf.len() as u64).min(v.size);
-            let keys = extents_in(tx, ino, offset / SECTOR_BYTES, end.div_ceil(SECTOR_BYTES))?;
-            Ok((v.size, keys))
+            Ok(v.size)
         })?;
+        *used = self.extents_now(ino, offset, buf.len())?;
+        let keys = &*used;
         if offset >= size {
             return Ok(0);
         }
         let n = (size - offset).min(buf.len() as u64) as usize;
         let out = &mut buf[..n];
         out.fill(0);
-        let mut raw = self.prefetch_units(&keys)?;
+        let mut raw = self.prefetch_units(keys)?;
         let mut unit: Option<(u64, Vec<u8>)> = None;
-        for k in &keys {
+        for k in keys {
             let v = ExtentValue::decode(&k.value)
                 .ok_or_else(|| FsError::Corrupted(format!("bad extent value at {:?}", k.pos)))?;
             let key_start = k.start() * SECTOR_BYTES;

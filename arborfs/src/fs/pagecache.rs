@@ -272,9 +272,9 @@ impl PageCache {
                     }
                 });
             }
+            self.used
+                .fetch_add(added * PAGE as usize, Ordering::Relaxed);
         }
-        self.used
-            .fetch_add(added * PAGE as usize, Ordering::Relaxed);
         self.evict_if_needed();
     }
 
@@ -345,11 +345,13 @@ impl PageCache {
         if p.dirty_since.is_none() {
             p.dirty_since = Some(Instant::now());
         }
-        drop(s);
+        // Counted before the shard is released: a writeback that cleans
+        // these pages subtracts only after this (no transient underflow).
         self.used
             .fetch_add(added * PAGE as usize, Ordering::Relaxed);
         self.dirty
             .fetch_add(newly_dirty * PAGE as usize, Ordering::Relaxed);
+        drop(s);
         Ok(())
     }
 
