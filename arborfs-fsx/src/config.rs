@@ -17,7 +17,8 @@ pub enum OpKind {
     /// Read through a MAP_SHARED mapping.
     MapRead,
     /// Write through a MAP_SHARED mapping (ftruncate first if it extends),
-    /// then msync(MS_SYNC) (most of the time) and munmap.
+    /// then msync(MS_SYNC) and munmap, or just munmap, or keep the mapping
+    /// (dirty) for a while.
     MapWrite,
     /// ftruncate, shrinking or growing.
     Truncate,
@@ -150,6 +151,9 @@ impl Weights {
     }
 }
 
+/// Most mmap-write mappings kept at once.
+pub const MAX_KEPT_MAPS: usize = 4;
+
 /// The names of all op kinds, comma separated.
 pub fn known_names() -> String {
     OpKind::ALL.map(OpKind::name).join(", ")
@@ -180,6 +184,10 @@ pub struct Config {
     /// Out of 8 mmap writes, how many are msynced before munmap (the
     /// others are just unmapped, leaving dirty pages to writeback).
     pub msync_eighths: u64,
+    /// Out of 8 mmap writes, how many keep their mapping (dirty pages left
+    /// to writeback) until the next reopen or until more than
+    /// [`MAX_KEPT_MAPS`] are kept; counted after `msync_eighths`.
+    pub keep_map_eighths: u64,
     /// Print a progress line every this many ops (0: never).
     pub progress_every: u64,
     /// Do not print notes (disabled ops) to stderr as they happen.
@@ -202,7 +210,8 @@ impl Default for Config {
             check_every: 1000,
             remount_every: 0,
             log_len: 64,
-            msync_eighths: 6,
+            msync_eighths: 5,
+            keep_map_eighths: 1,
             progress_every: 0,
             quiet: false,
             cleanup: true,
@@ -243,6 +252,9 @@ impl Config {
         }
         if self.msync_eighths != d.msync_eighths {
             a.push(format!("--msync-eighths {}", self.msync_eighths));
+        }
+        if self.keep_map_eighths != d.keep_map_eighths {
+            a.push(format!("--keep-map-eighths {}", self.keep_map_eighths));
         }
         if self.prefix != d.prefix {
             a.push(format!("--prefix {}", self.prefix));

@@ -8,8 +8,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::config::{Config, OpKind};
-use crate::report::{DataMismatch, Failure, FailureKind, LoggedOp, Op, Summary};
+use crate::config::{Config, MAX_KEPT_MAPS, OpKind};
+use crate::report::{DataMismatch, Failure, FailureKind, LoggedOp, MapEnd, Op, Summary};
 use crate::rng::Rng;
 use crate::sys::{self, AlignedBuf, DIRECT_ALIGN, Mapping};
 
@@ -85,6 +85,8 @@ struct Exerciser<'c, 'r, 'f> {
     notes: Vec<String>,
     remount: Option<&'r mut RemountFn<'f>>,
     direct_ok: bool,
+    /// Mappings of mmap writes left in place (dirty), oldest first.
+    kept_maps: VecDeque<Mapping>,
     buf: Vec<u8>,
     abuf: AlignedBuf,
     started: Instant,
@@ -148,6 +150,7 @@ impl<'c, 'r, 'f> Exerciser<'c, 'r, 'f> {
             notes: Vec::new(),
             remount,
             direct_ok: true,
+            kept_maps: VecDeque::new(),
             buf: Vec::new(),
             abuf: AlignedBuf::new(round_up(cfg.max_len.max(1), ALIGN) as usize),
             started: Instant::now(),
@@ -299,6 +302,9 @@ impl<'c, 'r, 'f> Exerciser<'c, 'r, 'f> {
     }
 
     fn close_all(&mut self) {
+        // Kept mappings go first: their dirty pages are written back by
+        // munmap or at the latest by the close (or the remount) after it.
+        self.kept_maps.clear();
         for s in &mut self.files {
             s.fd = None;
             s.direct = None;
@@ -492,7 +498,7 @@ impl<'c, 'r, 'f> Exerciser<'c, 'r, 'f> {
                 off,
                 len,
                 size_before: size,
-                msync: false,
+                map_end: None,
             },
         );
         let r = sys::pwrite_all(self.fd(f)?, &buf, off);
@@ -556,7 +562,7 @@ impl<'c, 'r, 'f> Exerciser<'c, 'r, 'f> {
                 off,
                 len,
                 size_before: size,
-                msync: false,
+                map_end: None,
             },
         );
         let r = sys::pwrite_all(self.direct_fd(f)?, data, off);
@@ -631,7 +637,14 @@ impl<'c, 'r, 'f> Exerciser<'c, 'r, 'f> {
     fn op_map_write(&mut self, f: usize) -> FsxResult<bool> {
         let size = self.files[f].model.len() as u64;
         let (off, len) = self.pick_range(size);
-        let msync = self.rng.below(8) < self.cfg.msync_eighths;
+        let r = self.rng.below(8);
+        let end = if r < self.cfg.msync_eighths {
+            MapEnd::Msync
+        } else if r < self.cfg.msync_eighths + self.cfg.keep_map_eighths {
+            MapEnd::Keep
+        } else {
+            MapEnd::Munmap
+        };
         let mut buf = std::mem::take(&mut self.buf);
         buf.resize(len as usize, 0);
         fill_data(&mut self.rng, &mut buf);
@@ -642,10 +655,10 @@ impl<'c, 'r, 'f> Exerciser<'c, 'r, 'f> {
                 off,
                 len,
                 size_before: size,
-                msync,
+                map_end: Some(end),
             },
         );
-        let res = self.map_write(f, off, &buf, msync);
+        let res = self.map_write(f, off, &buf, end);
         if res.is_ok() {
             self.model_write(f, off, &buf);
             self.bytes_written += len;
@@ -656,7 +669,7 @@ impl<'c, 'r, 'f> Exerciser<'c, 'r, 'f> {
         Ok(true)
     }
 
-    fn map_write(&mut self, f: usize, off: u64, data: &[u8], msync: bool) -> FsxResult<()> {
+    fn map_write(&mut self, f: usize, off: u64, data: &[u8], how: MapEnd) -> FsxResult<()> {
         let end = off + data.len() as u64;
         if end > self.files[f].model.len() as u64 {
             // A mapping cannot extend a file: make room first.
@@ -670,10 +683,22 @@ impl<'c, 'r, 'f> Exerciser<'c, 'r, 'f> {
         let mut map = Mapping::new(self.fd(f)?, pg, (end - pg) as usize, true)
             .map_err(|e| self.syscall(f, "mmap", e))?;
         map.write((off - pg) as usize, data);
-        if msync {
-            map.sync().map_err(|e| self.syscall(f, "msync", e))?;
+        match how {
+            MapEnd::Msync => {
+                map.sync().map_err(|e| self.syscall(f, "msync", e))?;
+                map.unmap().map_err(|e| self.syscall(f, "munmap", e))
+            }
+            MapEnd::Munmap => map.unmap().map_err(|e| self.syscall(f, "munmap", e)),
+            MapEnd::Keep => {
+                // Never touched again, only unmapped later: the file may
+                // shrink under it meanwhile without any access faulting.
+                self.kept_maps.push_back(map);
+                if self.kept_maps.len() > MAX_KEPT_MAPS {
+                    self.kept_maps.pop_front();
+                }
+                Ok(())
+            }
         }
-        map.unmap().map_err(|e| self.syscall(f, "munmap", e))
     }
 
     fn op_truncate(&mut self, f: usize) -> FsxResult<bool> {

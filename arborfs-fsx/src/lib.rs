@@ -26,4 +26,4 @@ mod sys;
 
 pub use config::{Config, OpKind, Weights, known_names, parse_size};
 pub use fsx::{BoxError, RemountFn, run};
-pub use report::{DataMismatch, Failure, FailureKind, LoggedOp, Op, Summary};
+pub use report::{DataMismatch, Failure, FailureKind, LoggedOp, MapEnd, Op, Summary};

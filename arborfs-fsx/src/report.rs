@@ -18,14 +18,15 @@ pub enum Op {
     /// A read through the buffered fd (pread), the O_DIRECT fd or a mapping.
     Read { kind: OpKind, off: u64, len: u64 },
     /// A write through the buffered fd (pwrite), the O_DIRECT fd or a
-    /// mapping (`msync`: whether it was msynced before munmap;
-    /// `extended_from`: the size before the ftruncate that made room).
+    /// mapping (`map_end`: what happened to the mapping afterwards;
+    /// `size_before`: the size before the write, or before the ftruncate
+    /// that made room for a mapping).
     Write {
         kind: OpKind,
         off: u64,
         len: u64,
         size_before: u64,
-        msync: bool,
+        map_end: Option<MapEnd>,
     },
     /// ftruncate from one size to another.
     Truncate { from: u64, to: u64 },
@@ -55,6 +56,18 @@ pub enum Op {
     /// An op that was chosen but had nothing to do (e.g. mmap of an empty
     /// file), or was disabled because the filesystem does not support it.
     Skipped { kind: OpKind, why: &'static str },
+}
+
+/// How an mmap write ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapEnd {
+    /// msync(MS_SYNC), then munmap.
+    Msync,
+    /// munmap only.
+    Munmap,
+    /// The mapping stays (its pages dirty until writeback) until the next
+    /// reopen, or until more than a few mappings are kept.
+    Keep,
 }
 
 /// One entry of the op log.
@@ -104,7 +117,7 @@ impl fmt::Display for LoggedOp {
                 off,
                 len,
                 size_before,
-                msync,
+                map_end,
             } => {
                 write!(f, "{:<11} f{} ", kind.name(), self.file)?;
                 range(f, off, len)?;
@@ -113,10 +126,12 @@ impl fmt::Display for LoggedOp {
                 } else if off + len > size_before {
                     write!(f, " EXTEND")?;
                 }
-                if kind == OpKind::MapWrite {
-                    write!(f, "{}", if msync { " msync" } else { " munmap-only" })?;
+                match map_end {
+                    Some(MapEnd::Msync) => write!(f, " msync"),
+                    Some(MapEnd::Munmap) => write!(f, " munmap-only"),
+                    Some(MapEnd::Keep) => write!(f, " kept-mapped"),
+                    None => Ok(()),
                 }
-                Ok(())
             }
             Op::Truncate { from, to } => write!(
                 f,
@@ -479,7 +494,7 @@ mod tests {
                     off: 4100,
                     len: 100,
                     size_before: 0,
-                    msync: false,
+                    map_end: None,
                 },
             }],
             replay: "--seed 77 --ops 12 DIR".into(),

@@ -239,9 +239,41 @@ fn stamp(b: &mut [u8], family: u32, writer: u32, seq: u64, index: u64) {
     b[16..24].copy_from_slice(&seq.to_le_bytes());
     b[24..32].copy_from_slice(&index.to_le_bytes());
     let seed = (u64::from(family) << 48) ^ (u64::from(writer) << 32) ^ seq.rotate_left(17) ^ index;
-    Rng::new(seed).fill(&mut b[32..BLOCK - 8]);
+    let mut rng = Rng::new(seed);
+    let payload = &mut b[32..BLOCK - 8];
+    if seq.is_multiple_of(2) {
+        rng.fill(payload);
+    } else {
+        // Every other stamp compresses (a repeated motif), so compressing
+        // filesystems store some blocks compressed.
+        let mut motif = [0u8; 64];
+        let m = 1 + rng.below(64) as usize;
+        rng.fill(&mut motif[..m]);
+        for (i, x) in payload.iter_mut().enumerate() {
+            *x = motif[i % m];
+        }
+    }
     let sum = fnv(&b[..BLOCK - 8]);
     b[BLOCK - 8..BLOCK].copy_from_slice(&sum.to_le_bytes());
+}
+
+/// Why a block is wrong.
+#[derive(Debug)]
+enum BlockProblem {
+    /// Neither zeros nor an intact stamp (torn, garbage, or zeros where
+    /// none may be).
+    Damaged(String),
+    /// An intact stamp that does not belong here: another file or index,
+    /// a writer of another file, or a sequence number never issued.
+    Misplaced(String),
+}
+
+impl BlockProblem {
+    fn message(self) -> String {
+        match self {
+            BlockProblem::Damaged(m) | BlockProblem::Misplaced(m) => m,
+        }
+    }
 }
 
 /// What a block read back holds.
@@ -335,20 +367,26 @@ impl Plan {
     }
 
     /// Checks one block read from file `what` at `index`: `Ok(true)` for a
-    /// stamp, `Ok(false)` for zeros.
+    /// stamp, `Ok(false)` for zeros. `issued` gives the stamps a writer has
+    /// issued so far.
+    #[allow(clippy::too_many_arguments)]
     fn check_block(
-        &self,
         what: &str,
         b: &[u8],
         family: u32,
         index: u64,
         writers: &[u32],
         zero_ok: bool,
-    ) -> Result<bool, String> {
+        issued: impl Fn(u32) -> u64,
+    ) -> Result<bool, BlockProblem> {
         let at = format!("{what} block {index} (offset {:#x})", index * BLOCK as u64);
-        match decode(b).map_err(|e| format!("{at}: {e}"))? {
+        let block = decode(b).map_err(|e| BlockProblem::Damaged(format!("{at}: {e}")))?;
+        let misplaced = |m: String| Err(BlockProblem::Misplaced(format!("{at}: {m}")));
+        match block {
             Block::Zero if zero_ok => Ok(false),
-            Block::Zero => Err(format!("{at}: zeros where only stamps may be")),
+            Block::Zero => Err(BlockProblem::Damaged(format!(
+                "{at}: zeros where only stamps may be"
+            ))),
             Block::Stamp {
                 family: fam,
                 writer,
@@ -356,20 +394,20 @@ impl Plan {
                 index: idx,
             } => {
                 if fam != family || idx != index {
-                    return Err(format!(
-                        "{at}: a block of family {fam} index {idx} (writer {writer} seq {seq}) \
+                    return misplaced(format!(
+                        "a block of family {fam} index {idx} (writer {writer} seq {seq}) \
                          is here, expected family {family} index {index}"
                     ));
                 }
                 if !writers.contains(&writer) {
-                    return Err(format!(
-                        "{at}: written by writer {writer}, which never writes this file"
+                    return misplaced(format!(
+                        "written by writer {writer}, which never writes this file"
                     ));
                 }
-                let issued = self.issued.get(writer as usize).copied().unwrap_or(0);
+                let issued = issued(writer);
                 if seq >= issued {
-                    return Err(format!(
-                        "{at}: writer {writer} seq {seq}, but that writer issued only {issued}"
+                    return misplaced(format!(
+                        "writer {writer} seq {seq}, but that writer issued only {issued}"
                     ));
                 }
                 Ok(true)
@@ -387,6 +425,7 @@ impl Plan {
     }
 
     fn check(&self) -> Result<VerifyStats, StressError> {
+        let issued = |w: u32| self.issued.get(w as usize).copied().unwrap_or(0);
         let mut problems = Vec::new();
         let mut stats = VerifyStats::default();
         let mut add = |p: String| {
@@ -414,10 +453,11 @@ impl Plan {
             stats.shared_sizes.push((data.len() / BLOCK) as u64);
             for (i, b) in data.chunks_exact(BLOCK).enumerate() {
                 let fam = s as u32 + 1;
-                match self.check_block(&name, b, fam, i as u64, &self.block_writers, true) {
+                let writers = &self.block_writers;
+                match Plan::check_block(&name, b, fam, i as u64, writers, true, issued) {
                     Ok(true) => stats.stamped_blocks += 1,
                     Ok(false) => stats.zero_blocks += 1,
-                    Err(e) => add(e),
+                    Err(e) => add(e.message()),
                 }
             }
         }
@@ -440,9 +480,10 @@ impl Plan {
                 ));
             }
             for (i, b) in data.chunks_exact(BLOCK).enumerate() {
-                match self.check_block(name, b, COPY_FAMILY, i as u64, &copy_writers, false) {
+                let (fam, w) = (COPY_FAMILY, &copy_writers);
+                match Plan::check_block(name, b, fam, i as u64, w, false, issued) {
                     Ok(_) => stats.stamped_blocks += 1,
-                    Err(e) => add(e),
+                    Err(e) => add(e.message()),
                 }
             }
         }
@@ -488,10 +529,9 @@ impl Plan {
             let p = self.rename_dir(b).join(&n);
             match std::fs::read(&p) {
                 Ok(d) if d.len() == BLOCK => {
-                    if let Err(e) =
-                        self.check_block(&n, &d, RENAME_FAMILY, j as u64, &[SETUP_WRITER], false)
-                    {
-                        add(e);
+                    let (fam, w) = (RENAME_FAMILY, &[SETUP_WRITER]);
+                    if let Err(e) = Plan::check_block(&n, &d, fam, j as u64, w, false, issued) {
+                        add(e.message());
                     }
                 }
                 Ok(d) => add(format!(
@@ -565,8 +605,6 @@ struct Slot {
     doing: AtomicU8,
     /// File and offset of the current operation, for the hang report.
     target: AtomicU64,
-    /// Stamps issued (counted before each write is sent).
-    issued: AtomicU64,
 }
 
 impl Slot {
@@ -592,16 +630,32 @@ impl Slot {
 
 #[derive(Clone, Copy, Debug)]
 enum Role {
-    BlockWriter { direct: bool },
+    BlockWriter {
+        direct: bool,
+    },
     Truncater,
     CopyWriter,
-    Copier { a_to_b: bool },
-    Renamer { forward: bool },
-    Reader,
+    Copier {
+        a_to_b: bool,
+    },
+    Renamer {
+        forward: bool,
+    },
+    /// Reads blocks (buffered, and O_DIRECT if `direct`) and checks those
+    /// that are intact; lists the rename directories.
+    Reader {
+        direct: bool,
+    },
 }
 
 struct Ctx {
     plan: Plan,
+    /// Stamps issued by each writer id so far (counted before each write
+    /// is sent, so a stamp read back always has a smaller sequence).
+    issued: Vec<AtomicU64>,
+    /// Blocks the reader saw neither zeros nor intact (torn by a racing
+    /// write: allowed while writes are in flight, unlike at the end).
+    torn_reads: AtomicU64,
     deadline: Instant,
     stop: AtomicBool,
     notes: std::sync::Mutex<Vec<String>>,
@@ -667,7 +721,7 @@ fn worker(role: Role, id: u32, mut rng: Rng, slot: &Slot, ctx: &Ctx) -> WorkerRe
                 let i = rng.below(plan.shared_blocks);
                 stamp(&mut buf[..BLOCK], s as u32 + 1, id, seq, i);
                 seq += 1;
-                slot.issued.store(seq, Ordering::Relaxed);
+                ctx.issued[id as usize].store(seq, Ordering::SeqCst);
                 let off = i * BLOCK as u64;
                 let d = if direct {
                     Doing::DirectPwrite
@@ -715,7 +769,7 @@ fn worker(role: Role, id: u32, mut rng: Rng, slot: &Slot, ctx: &Ctx) -> WorkerRe
                 let i = rng.below(plan.copy_blocks);
                 stamp(&mut buf[..BLOCK], COPY_FAMILY, id, seq, i);
                 seq += 1;
-                slot.issued.store(seq, Ordering::Relaxed);
+                ctx.issued[id as usize].store(seq, Ordering::SeqCst);
                 let off = i * BLOCK as u64;
                 slot.set(Doing::Pwrite, (f as u64) << 56 | off);
                 sys::pwrite_all(&fds[f], &buf[..BLOCK], off)
@@ -768,9 +822,21 @@ fn worker(role: Role, id: u32, mut rng: Rng, slot: &Slot, ctx: &Ctx) -> WorkerRe
                 slot.ops.fetch_add(1, Ordering::Relaxed);
             }
         }
-        Role::Reader => {
-            let mut fds = open_all(shared, false)?;
-            fds.extend(open_all(copies, false)?);
+        Role::Reader { direct } => {
+            // Files 0..shared_files are the shared ones, then A and B.
+            let mut fds = open_all(shared.clone(), false)?;
+            fds.extend(open_all(copies.clone(), false)?);
+            let mut dfds = Vec::new();
+            if direct {
+                dfds = open_all(shared, true)?;
+                dfds.extend(open_all(copies, true)?);
+            }
+            let issued = |w: u32| {
+                ctx.issued
+                    .get(w as usize)
+                    .map_or(0, |n| n.load(Ordering::SeqCst))
+            };
+            let copy_writers = [SETUP_WRITER, plan.copy_writer];
             while ctx.running() {
                 if rng.chance(1, 8) {
                     let d = plan.rename_dir(rng.chance(1, 2));
@@ -779,14 +845,61 @@ fn worker(role: Role, id: u32, mut rng: Rng, slot: &Slot, ctx: &Ctx) -> WorkerRe
                     for e in it {
                         e.map_err(|e| werr(slot, "readdir", e))?;
                     }
-                } else {
-                    let f = rng.below(fds.len() as u64) as usize;
-                    let off = rng.below(plan.shared_blocks.max(plan.copy_blocks)) * BLOCK as u64;
-                    slot.set(Doing::Pread, (f as u64) << 56 | off);
-                    sys::pread_full(&fds[f], &mut buf[..BLOCK], off, false)
-                        .map_err(|e| werr(slot, "pread", e))?;
+                    slot.ops.fetch_add(1, Ordering::Relaxed);
+                    continue;
                 }
+                let f = rng.below(fds.len() as u64) as usize;
+                let shared_file = f < plan.shared_files;
+                let blocks = if shared_file {
+                    plan.shared_blocks
+                } else {
+                    plan.copy_blocks
+                };
+                let i = rng.below(blocks);
+                let off = i * BLOCK as u64;
+                let use_direct = !dfds.is_empty() && rng.chance(1, 2);
+                slot.set(Doing::Pread, (f as u64) << 56 | off);
+                let fd = if use_direct { &dfds[f] } else { &fds[f] };
+                let n = sys::pread_full(fd, &mut buf[..BLOCK], off, use_direct)
+                    .map_err(|e| werr(slot, "pread", e))?;
                 slot.ops.fetch_add(1, Ordering::Relaxed);
+                if n < BLOCK {
+                    // Past EOF of a shared file (it was truncated).
+                    continue;
+                }
+                let b = &buf[..BLOCK];
+                let r = if shared_file {
+                    let name = format!("shared{f}");
+                    let fam = f as u32 + 1;
+                    Plan::check_block(&name, b, fam, i, &plan.block_writers, true, issued)
+                } else {
+                    let name = if f == plan.shared_files {
+                        "copyA"
+                    } else {
+                        "copyB"
+                    };
+                    Plan::check_block(name, b, COPY_FAMILY, i, &copy_writers, false, issued)
+                };
+                match r {
+                    Ok(_) => {}
+                    Err(BlockProblem::Damaged(_)) => {
+                        ctx.torn_reads.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(BlockProblem::Misplaced(m)) => {
+                        return Err(StressError::Worker {
+                            worker: slot.name.clone(),
+                            op: format!(
+                                "{} of a block",
+                                if use_direct {
+                                    "O_DIRECT pread"
+                                } else {
+                                    "pread"
+                                }
+                            ),
+                            error: m,
+                        });
+                    }
+                }
             }
         }
     }
@@ -848,7 +961,12 @@ pub fn run(dir: &Path, cfg: &StressConfig) -> Result<StressReport, StressError> 
         roles.push(("renamer-2>1", Role::Renamer { forward: false }));
     }
     if cfg.reader {
-        roles.push(("reader", Role::Reader));
+        roles.push((
+            "reader",
+            Role::Reader {
+                direct: cfg.direct_writers > 0,
+            },
+        ));
     }
     // Writer ids: 0 is setup, then one per worker that stamps blocks.
     let mut ids = Vec::new();
@@ -890,6 +1008,8 @@ pub fn run(dir: &Path, cfg: &StressConfig) -> Result<StressReport, StressError> 
     let started = Instant::now();
     let ctx = Arc::new(Ctx {
         plan: plan.clone(),
+        issued: plan.issued.iter().map(|&n| AtomicU64::new(n)).collect(),
+        torn_reads: AtomicU64::new(0),
         deadline: started + cfg.duration,
         stop: AtomicBool::new(false),
         notes: std::sync::Mutex::new(Vec::new()),
@@ -903,7 +1023,6 @@ pub fn run(dir: &Path, cfg: &StressConfig) -> Result<StressReport, StressError> 
             ops: AtomicU64::new(0),
             doing: AtomicU8::new(Doing::Starting as u8),
             target: AtomicU64::new(0),
-            issued: AtomicU64::new(0),
         });
         slots.push(slot.clone());
         let (wctx, tx, role, id) = (ctx.clone(), tx.clone(), *role, *id);
@@ -953,13 +1072,17 @@ pub fn run(dir: &Path, cfg: &StressConfig) -> Result<StressReport, StressError> 
     for r in results.into_iter().flatten() {
         r?;
     }
-    for (slot, &id) in slots.iter().zip(&ids) {
-        if id != 0 {
-            plan.issued[id as usize] = slot.issued.load(Ordering::Relaxed);
-        }
+    for (n, live) in plan.issued.iter_mut().zip(&ctx.issued) {
+        *n = live.load(Ordering::SeqCst);
     }
     let verified = plan.verify(dir)?;
-    let notes = ctx.notes.lock().map(|n| n.clone()).unwrap_or_default();
+    let mut notes = ctx.notes.lock().map(|n| n.clone()).unwrap_or_default();
+    let torn = ctx.torn_reads.load(Ordering::Relaxed);
+    if torn > 0 {
+        notes.push(format!(
+            "the reader saw {torn} torn blocks while writes were in flight"
+        ));
+    }
     Ok(StressReport {
         seed: cfg.seed,
         elapsed,

@@ -51,8 +51,11 @@ struct Args {
     #[arg(long)]
     remount_every: Option<u64>,
     /// How many of 8 mmap writes are msynced before munmap.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 5)]
     msync_eighths: u64,
+    /// How many of 8 mmap writes keep the mapping (dirty) for a while.
+    #[arg(long, default_value_t = 1)]
+    keep_map_eighths: u64,
     /// Recent ops shown on a failure.
     #[arg(long, default_value_t = 64)]
     log_len: usize,
@@ -131,6 +134,7 @@ fn config(a: &Args, seed: u64) -> Result<Config, String> {
         remount_every,
         log_len: a.log_len,
         msync_eighths: a.msync_eighths.min(8),
+        keep_map_eighths: a.keep_map_eighths.min(8),
         progress_every: a.progress,
         quiet: a.quiet,
         cleanup: !a.keep,
