@@ -38,11 +38,14 @@ pub enum OpKind {
     Fdatasync,
     /// Close every fd and open again.
     Reopen,
+    /// lseek SEEK_DATA or SEEK_HOLE: what it reports as a hole must read
+    /// as zeros, and past EOF it must fail with ENXIO.
+    Seek,
 }
 
 impl OpKind {
     /// Every kind, in a fixed order (the order weights are drawn in).
-    pub const ALL: [OpKind; 15] = [
+    pub const ALL: [OpKind; 16] = [
         OpKind::Read,
         OpKind::Write,
         OpKind::DirectRead,
@@ -58,6 +61,7 @@ impl OpKind {
         OpKind::Fsync,
         OpKind::Fdatasync,
         OpKind::Reopen,
+        OpKind::Seek,
     ];
 
     /// The name used in logs and on the command line.
@@ -78,6 +82,7 @@ impl OpKind {
             OpKind::Fsync => "fsync",
             OpKind::Fdatasync => "fdatasync",
             OpKind::Reopen => "reopen",
+            OpKind::Seek => "seek",
         }
     }
 
@@ -101,7 +106,7 @@ impl OpKind {
             OpKind::MapRead | OpKind::MapWrite => 4,
             OpKind::Truncate => 3,
             OpKind::CopyRange => 4,
-            OpKind::PunchHole | OpKind::ZeroRange => 2,
+            OpKind::PunchHole | OpKind::ZeroRange | OpKind::Seek => 2,
             OpKind::Falloc | OpKind::FallocKeepSize => 1,
             OpKind::Fsync | OpKind::Fdatasync | OpKind::Reopen => 1,
         }

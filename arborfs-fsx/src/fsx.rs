@@ -273,32 +273,37 @@ impl<'c, 'r, 'f> Exerciser<'c, 'r, 'f> {
 
     fn open_all(&mut self) -> FsxResult<()> {
         for f in 0..self.files.len() {
-            let path = self.files[f].path.clone();
-            let fd = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(|e| self.syscall(f, "open", e))?;
-            self.files[f].fd = Some(fd);
-            if self.direct_ok {
-                match OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .custom_flags(libc::O_DIRECT)
-                    .open(&path)
-                {
-                    Ok(d) => self.files[f].direct = Some(d),
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                        self.direct_ok = false;
-                        self.disable(OpKind::DirectRead, format!("open with O_DIRECT: {e}"));
-                        self.disable(OpKind::DirectWrite, format!("open with O_DIRECT: {e}"));
-                    }
-                    Err(e) => return Err(self.syscall(f, "open O_DIRECT", e)),
-                }
-            }
-            self.check_size(f)?;
+            self.open_file(f)?;
         }
         Ok(())
+    }
+
+    /// Opens file `f`'s buffered fd and (if in use) its O_DIRECT fd.
+    fn open_file(&mut self, f: usize) -> FsxResult<()> {
+        let path = self.files[f].path.clone();
+        let fd = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| self.syscall(f, "open", e))?;
+        self.files[f].fd = Some(fd);
+        if self.direct_ok {
+            match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&path)
+            {
+                Ok(d) => self.files[f].direct = Some(d),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.direct_ok = false;
+                    self.disable(OpKind::DirectRead, format!("open with O_DIRECT: {e}"));
+                    self.disable(OpKind::DirectWrite, format!("open with O_DIRECT: {e}"));
+                }
+                Err(e) => return Err(self.syscall(f, "open O_DIRECT", e)),
+            }
+        }
+        self.check_size(f)
     }
 
     fn close_all(&mut self) {
@@ -448,6 +453,7 @@ impl<'c, 'r, 'f> Exerciser<'c, 'r, 'f> {
                 r.map_err(|e| self.syscall(f, kind.name(), e))?;
                 true
             }
+            OpKind::Seek => self.op_seek(f)?,
             OpKind::Reopen => {
                 self.log(f, Op::Reopen);
                 self.close_all();
@@ -846,6 +852,106 @@ impl<'c, 'r, 'f> Exerciser<'c, 'r, 'f> {
         self.bytes_written += copied;
         self.check_size(dst)?;
         Ok(true)
+    }
+
+    fn op_seek(&mut self, f: usize) -> FsxResult<bool> {
+        let size = self.files[f].model.len() as u64;
+        let data = self.rng.chance(1, 2);
+        let off = if size == 0 || self.rng.chance(1, 8) {
+            self.rng.range(size, size + 8192)
+        } else {
+            self.rng.below(size)
+        };
+        // Half the time through a read-only fd with every writable fd of
+        // the file closed (and kept mappings gone): a filesystem may answer
+        // differently while the file is open for writing.
+        let read_only = self.rng.chance(1, 2);
+        self.log(
+            f,
+            Op::Seek {
+                data,
+                read_only,
+                off,
+                result: None,
+            },
+        );
+        let whence = if data {
+            libc::SEEK_DATA
+        } else {
+            libc::SEEK_HOLE
+        };
+        let r = if read_only {
+            self.kept_maps.clear();
+            self.files[f].fd = None;
+            self.files[f].direct = None;
+            let ro =
+                File::open(&self.files[f].path).map_err(|e| self.syscall(f, "open O_RDONLY", e))?;
+            let r = sys::lseek(&ro, off, whence);
+            drop(ro);
+            self.open_file(f)?;
+            r
+        } else {
+            sys::lseek(self.fd(f)?, off, whence)
+        };
+        if let Some(LoggedOp {
+            op: Op::Seek { result, .. },
+            ..
+        }) = self.log.back_mut()
+        {
+            *result = Some(match &r {
+                Ok(p) => *p as i64,
+                Err(e) => -i64::from(e.raw_os_error().unwrap_or(0)),
+            });
+        }
+        let name = if data { "SEEK_DATA" } else { "SEEK_HOLE" };
+        let zero = |m: &[u8], from: u64, to: u64| {
+            m[from as usize..to as usize]
+                .iter()
+                .position(|&b| b != 0)
+                .map(|i| from + i as u64)
+        };
+        let m = &self.files[f].model;
+        let wrong = match r {
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                if off < size && !data {
+                    Some(format!(
+                        "{name} from {off:#x} inside the file (size {size:#x}) gave ENXIO"
+                    ))
+                } else if off < size {
+                    zero(m, off, size).map(|at| {
+                        format!("{name} from {off:#x} gave ENXIO (no data), but byte {at:#x} is not zero")
+                    })
+                } else {
+                    None
+                }
+            }
+            Err(e) if is_unsupported(&e) || e.raw_os_error() == Some(libc::EINVAL) => {
+                self.disable(OpKind::Seek, format!("lseek {name}: {e}"));
+                return Ok(false);
+            }
+            Err(e) => return Err(self.syscall(f, "lseek", e)),
+            Ok(p) if off >= size => Some(format!(
+                "{name} from {off:#x}, at or past EOF {size:#x}, gave {p:#x} instead of ENXIO"
+            )),
+            Ok(p) if p < off || p > size || (data && p == size) => Some(format!(
+                "{name} from {off:#x} gave {p:#x}, outside [{off:#x}, {size:#x}{}",
+                if data { ")" } else { "]" }
+            )),
+            Ok(p) if data => zero(m, off, p).map(|at| {
+                format!("{name} from {off:#x} skipped to {p:#x}, but byte {at:#x} is not zero")
+            }),
+            // A hole reads as zeros: at least up to the end of the sector
+            // it starts in.
+            Ok(p) => zero(m, p, round_up(p + 1, 512).min(size)).map(|at| {
+                format!(
+                    "{name} from {off:#x} reported a hole at {p:#x}, but byte {at:#x} is not zero"
+                )
+            }),
+        };
+        match wrong {
+            Some(what) => Err(self.fail(FailureKind::Wrong { file: f, what })),
+            None => Ok(true),
+        }
     }
 
     // ------------------------------------------------- remount and checks

@@ -47,6 +47,15 @@ pub enum Op {
     },
     /// fsync (`data_only`: fdatasync).
     Sync { data_only: bool },
+    /// lseek from `off` for data (`data`) or a hole; `result` is the
+    /// offset returned or the errno (negative), once known.
+    Seek {
+        data: bool,
+        /// Through a read-only fd with the file's writable fds closed.
+        read_only: bool,
+        off: u64,
+        result: Option<i64>,
+    },
     /// All fds closed and opened again.
     Reopen,
     /// All fds closed, the caller's remount ran, fds opened again.
@@ -86,7 +95,7 @@ impl LoggedOp {
     pub fn touches(&self, file: usize, at: u64) -> bool {
         let within = |off: u64, len: u64| at >= off && at < off.saturating_add(len);
         match self.op {
-            Op::Read { .. } | Op::FullCheck { .. } | Op::Sync { .. } => false,
+            Op::Read { .. } | Op::FullCheck { .. } | Op::Sync { .. } | Op::Seek { .. } => false,
             Op::Write { off, len, .. } => self.file == file && within(off, len),
             Op::Truncate { from, to } => self.file == file && at >= from.min(to),
             Op::Fallocate { off, len, .. } => self.file == file && within(off, len),
@@ -167,6 +176,21 @@ impl fmt::Display for LoggedOp {
                 if data_only { "fdatasync" } else { "fsync" },
                 self.file
             ),
+            Op::Seek {
+                data,
+                read_only,
+                off,
+                result,
+            } => {
+                let name = if data { "seek_data" } else { "seek_hole" };
+                let ro = if read_only { " (O_RDONLY)" } else { "" };
+                write!(f, "{name:<11} f{}{ro} from {off:#x} -> ", self.file)?;
+                match result {
+                    Some(r) if r >= 0 => write!(f, "{r:#x}"),
+                    Some(r) => write!(f, "{}", io::Error::from_raw_os_error(-r as i32)),
+                    None => write!(f, "?"),
+                }
+            }
             Op::Reopen => write!(f, "{:<11} all files", "reopen"),
             Op::Remount => write!(f, "{:<11} all files closed, remounted", "REMOUNT"),
             Op::FullCheck { size } => {
@@ -300,6 +324,9 @@ pub enum FailureKind {
         call: &'static str,
         error: io::Error,
     },
+    /// A result breaks a rule other than the bytes and size (e.g. lseek
+    /// reported a hole where the model has data).
+    Wrong { file: usize, what: String },
     /// The remount callback failed.
     Remount(String),
     /// The run could not start (bad configuration, cannot create files).
@@ -381,6 +408,7 @@ impl fmt::Display for Failure {
             FailureKind::Syscall { file, call, error } => {
                 writeln!(f, "{call} on f{file} failed: {error}")?
             }
+            FailureKind::Wrong { file, what } => writeln!(f, "wrong result on f{file}: {what}")?,
             FailureKind::Remount(m) => writeln!(f, "remount failed: {m}")?,
             FailureKind::Setup(m) => writeln!(f, "setup failed: {m}")?,
         }

@@ -165,6 +165,19 @@ pub fn rename_noreplace(from: &std::path::Path, to: &std::path::Path) -> io::Res
     })
 }
 
+/// lseek(2) with SEEK_DATA or SEEK_HOLE; returns the new offset.
+pub fn lseek(f: &File, off: u64, whence: libc::c_int) -> io::Result<u64> {
+    retry(|| {
+        // SAFETY: lseek only reads its integer arguments.
+        let r = unsafe { libc::lseek(f.as_raw_fd(), off as libc::off_t, whence) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r as u64)
+        }
+    })
+}
+
 /// The system page size (mmap offsets must be multiples of it).
 pub fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.

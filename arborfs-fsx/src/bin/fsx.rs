@@ -16,7 +16,7 @@ use clap::Parser;
     name = "fsx",
     about = "Randomized file-operation exerciser (after the classic fsx) and concurrency stress test",
     after_help = "Op names for --weights: read, write, dread, dwrite, mapread, mapwrite, truncate, \
-                  falloc, falloc_keep, punch, zero, copy, fsync, fdatasync, reopen.\n\
+                  falloc, falloc_keep, punch, zero, copy, fsync, fdatasync, reopen, seek.\n\
                   A failure prints the seed, the op log and the replay command."
 )]
 struct Args {
