@@ -9,12 +9,13 @@
 //! Attribute and entry TTLs are 1 s. Longer ones would be safe only because
 //! every change goes through this daemon; 1 s keeps a margin for now.
 
+use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
 use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -262,11 +263,38 @@ fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
 /// the session runs several dispatch threads.
 pub struct ArborFuse {
     fs: Arc<Fs>,
+    /// Open handles with write access, per inode (see `lseek`).
+    writers: Mutex<HashMap<InodeNo, u32>>,
 }
 
 impl ArborFuse {
     pub fn new(fs: Arc<Fs>) -> ArborFuse {
-        ArborFuse { fs }
+        ArborFuse {
+            fs,
+            writers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a handle opened (`opened`) or released with these open flags.
+    fn track_writer(&self, ino: InodeNo, flags: i32, opened: bool) {
+        if flags & libc::O_ACCMODE == libc::O_RDONLY {
+            return;
+        }
+        let mut w = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        let n = w.entry(ino).or_insert(0);
+        if opened {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                w.remove(&ino);
+            }
+        }
+    }
+
+    fn has_writers(&self, ino: InodeNo) -> bool {
+        let w = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        w.contains_key(&ino)
     }
 }
 
@@ -493,10 +521,13 @@ impl Filesystem for ArborFuse {
         reply_entry(reply, r);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let ino = node_to_ino(ino);
         match self.fs.open_inode(ino) {
-            Ok(_) => reply.opened(FileHandle(ino.0), FopenFlags::empty()),
+            Ok(_) => {
+                self.track_writer(ino, flags.0, true);
+                reply.opened(FileHandle(ino.0), FopenFlags::empty())
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -554,12 +585,14 @@ impl Filesystem for ArborFuse {
         _req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.fs.release(node_to_ino(ino)));
+        let ino = node_to_ino(ino);
+        self.track_writer(ino, flags.0, false);
+        reply_empty(reply, self.fs.release(ino));
     }
 
     fn fsync(
@@ -756,6 +789,9 @@ impl Filesystem for ArborFuse {
             r => r,
         };
         let r = r.and_then(|a| self.fs.open_inode(a.ino));
+        if let Ok(a) = &r {
+            self.track_writer(a.ino, flags, true);
+        }
         match r {
             Ok(a) => reply.created(
                 &TTL,
@@ -818,7 +854,28 @@ impl Filesystem for ArborFuse {
             reply.error(err(libc::ENXIO));
             return;
         }
-        match self.fs.lseek(node_to_ino(ino), offset as u64, whence) {
+        let ino = node_to_ino(ino);
+        // Without writeback_cache the kernel does not write dirty pages of
+        // a shared writable mapping back before FUSE_LSEEK, so the extents
+        // may not show data that is already in the file: a hole reported
+        // there would make `cp` and friends skip it. Such a mapping needs a
+        // handle opened for writing (its release comes only after munmap),
+        // so while one is open the answer is the conservative one: all data
+        // up to EOF.
+        let r = if self.has_writers(ino) {
+            self.fs.getattr(ino).and_then(|a| {
+                if offset as u64 >= a.size {
+                    Err(FsError::NoData)
+                } else if whence == SeekWhence::Data {
+                    Ok(offset as u64)
+                } else {
+                    Ok(a.size)
+                }
+            })
+        } else {
+            self.fs.lseek(ino, offset as u64, whence)
+        };
+        match r {
             Ok(o) => reply.offset(o as i64),
             Err(e) => reply.error(errno(&e)),
         }

@@ -990,3 +990,74 @@ fn compression_mount_option_shows_in_usage() {
     assert!(fs::read(f.p("text")).unwrap() == text);
     f.umount();
 }
+
+/// lseek(SEEK_DATA/SEEK_HOLE) on a file while it is open for writing
+/// answers "data up to EOF": pages dirtied through a shared mapping are not
+/// written back before FUSE_LSEEK, so the extents alone would report them
+/// as a hole (and `cp` would skip them). Once the file is closed, holes are
+/// reported exactly again.
+#[test]
+fn seek_data_sees_pages_dirtied_through_a_mapping() {
+    use std::os::fd::AsRawFd;
+    require_fuse!();
+    let mut f = Fixture::new();
+    f.mount_fg("size=64M");
+    let p = f.p("sparse");
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    file.set_len(1 << 20).unwrap();
+    let fd = file.as_raw_fd();
+    let seek = |fd: i32, off: i64, whence: i32| {
+        // SAFETY: lseek on a live fd reads only its integer arguments.
+        let r = unsafe { libc::lseek(fd, off, whence) };
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(r)
+        }
+    };
+    // SAFETY: a fresh shared mapping of 1 MiB of a 1 MiB file; written once
+    // within bounds below, unmapped before the file is closed.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            1 << 20,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED);
+    // SAFETY: byte 512 KiB is inside the mapping and the file.
+    unsafe { *map.cast::<u8>().add(512 << 10) = 0x41 };
+    // Dirty in the page cache only (no msync): it must not be skipped.
+    let d = seek(fd, 0, libc::SEEK_DATA).expect("SEEK_DATA found no data");
+    assert!(d <= 512 << 10, "SEEK_DATA skipped the dirty page: {d}");
+    let h = seek(fd, 512 << 10, libc::SEEK_HOLE).unwrap();
+    assert!(h >= (512 << 10) + 4096, "SEEK_HOLE in the dirty page: {h}");
+    // SAFETY: unmapping the mapping made above.
+    assert_eq!(unsafe { libc::munmap(map, 1 << 20) }, 0);
+    drop(file);
+    let ro = fs::File::open(&p).unwrap();
+    let mut data = vec![0u8; 4096];
+    std::os::unix::fs::FileExt::read_exact_at(&ro, &mut data, 512 << 10).unwrap();
+    assert_eq!(data[0], 0x41);
+    // Not open for writing any more: the hole before the data shows.
+    let (fd, mut tries) = (ro.as_raw_fd(), 0);
+    // The release of the writable handle may reach the daemon just after
+    // the close returns.
+    while seek(fd, 0, libc::SEEK_DATA).unwrap() == 0 && tries < 100 {
+        std::thread::sleep(Duration::from_millis(10));
+        tries += 1;
+    }
+    assert_eq!(seek(fd, 0, libc::SEEK_DATA).unwrap(), 512 << 10);
+    assert_eq!(seek(fd, 0, libc::SEEK_HOLE).unwrap(), 0);
+    drop(ro);
+    f.umount();
+}
