@@ -88,6 +88,7 @@ struct Exerciser<'c, 'r, 'f> {
     /// Mappings of mmap writes left in place (dirty), oldest first.
     kept_maps: VecDeque<Mapping>,
     buf: Vec<u8>,
+    prebuf: Vec<u8>,
     abuf: AlignedBuf,
     started: Instant,
     remounts: u64,
@@ -152,6 +153,7 @@ impl<'c, 'r, 'f> Exerciser<'c, 'r, 'f> {
             direct_ok: true,
             kept_maps: VecDeque::new(),
             buf: Vec::new(),
+            prebuf: Vec::new(),
             abuf: AlignedBuf::new(round_up(cfg.max_len.max(1), ALIGN) as usize),
             started: Instant::now(),
             remounts: 0,
@@ -613,6 +615,7 @@ impl<'c, 'r, 'f> Exerciser<'c, 'r, 'f> {
         self.check_size(f)?;
         let pg = off / self.page * self.page;
         let map_end = round_up(off + len, self.page);
+        self.read_before_mapping(f, pg, map_end)?;
         let map = Mapping::new(self.fd(f)?, pg, (map_end - pg) as usize, false)
             .map_err(|e| self.syscall(f, "mmap", e))?;
         let mut buf = std::mem::take(&mut self.buf);
@@ -675,6 +678,22 @@ impl<'c, 'r, 'f> Exerciser<'c, 'r, 'f> {
         Ok(true)
     }
 
+    /// Reads the pages `[from, to)` (up to EOF) that a mapping is about to
+    /// touch: a page that cannot be read faults with SIGBUS through a
+    /// mapping, but comes back from pread as an error to report.
+    fn read_before_mapping(&mut self, f: usize, from: u64, to: u64) -> FsxResult<()> {
+        let to = to.min(self.files[f].model.len() as u64);
+        if from >= to {
+            return Ok(());
+        }
+        let mut scratch = std::mem::take(&mut self.prebuf);
+        scratch.resize((to - from) as usize, 0);
+        let r = sys::pread_full(self.fd(f)?, &mut scratch, from, false);
+        self.prebuf = scratch;
+        r.map(|_| ())
+            .map_err(|e| self.syscall(f, "pread (of the pages to map)", e))
+    }
+
     fn map_write(&mut self, f: usize, off: u64, data: &[u8], how: MapEnd) -> FsxResult<()> {
         let end = off + data.len() as u64;
         if end > self.files[f].model.len() as u64 {
@@ -686,6 +705,7 @@ impl<'c, 'r, 'f> Exerciser<'c, 'r, 'f> {
         }
         self.check_size(f)?;
         let pg = off / self.page * self.page;
+        self.read_before_mapping(f, pg, round_up(end, self.page))?;
         let mut map = Mapping::new(self.fd(f)?, pg, (end - pg) as usize, true)
             .map_err(|e| self.syscall(f, "mmap", e))?;
         map.write((off - pg) as usize, data);
