@@ -9,12 +9,13 @@
 //! Attribute and entry TTLs are 1 s. Longer ones would be safe only because
 //! every change goes through this daemon; 1 s keeps a margin for now.
 
+use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
 use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -265,6 +266,8 @@ pub struct ArborFuse {
     /// Set once the session exists: tells the kernel to drop cached pages
     /// and attributes the filesystem changed behind its back.
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    /// Open handles with write access, per inode (see `lseek`).
+    writers: Mutex<HashMap<InodeNo, u32>>,
 }
 
 /// File handles of files opened with O_DIRECT carry this bit: their IO
@@ -276,6 +279,7 @@ impl ArborFuse {
         ArborFuse {
             fs,
             notifier: Arc::new(std::sync::OnceLock::new()),
+            writers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -297,6 +301,23 @@ impl ArborFuse {
         }
     }
 
+    /// Counts a handle opened (`opened`) or released with these open flags.
+    fn track_writer(&self, ino: InodeNo, flags: i32, opened: bool) {
+        if flags & libc::O_ACCMODE == libc::O_RDONLY {
+            return;
+        }
+        let mut w = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        let n = w.entry(ino).or_insert(0);
+        if opened {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                w.remove(&ino);
+            }
+        }
+    }
+
     /// Open flags for a new handle: O_DIRECT handles bypass every cache;
     /// others keep the kernel's cached pages across opens, which is safe
     /// because every change of file data either goes through the kernel's
@@ -307,6 +328,11 @@ impl ArborFuse {
         } else {
             (FileHandle(ino.0), FopenFlags::FOPEN_KEEP_CACHE)
         }
+    }
+
+    fn has_writers(&self, ino: InodeNo) -> bool {
+        let w = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        w.contains_key(&ino)
     }
 }
 
@@ -537,6 +563,7 @@ impl Filesystem for ArborFuse {
         let ino = node_to_ino(ino);
         match self.fs.open_inode(ino) {
             Ok(_) => {
+                self.track_writer(ino, flags.0, true);
                 let (fh, fl) = Self::open_reply(ino, flags.0);
                 reply.opened(fh, fl)
             }
@@ -613,12 +640,14 @@ impl Filesystem for ArborFuse {
         _req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.fs.release(node_to_ino(ino)));
+        let ino = node_to_ino(ino);
+        self.track_writer(ino, flags.0, false);
+        reply_empty(reply, self.fs.release(ino));
     }
 
     fn fsync(
@@ -815,6 +844,9 @@ impl Filesystem for ArborFuse {
             r => r,
         };
         let r = r.and_then(|a| self.fs.open_inode(a.ino));
+        if let Ok(a) = &r {
+            self.track_writer(a.ino, flags, true);
+        }
         match r {
             Ok(a) => {
                 let (fh, fl) = Self::open_reply(a.ino, flags);
@@ -876,7 +908,28 @@ impl Filesystem for ArborFuse {
             reply.error(err(libc::ENXIO));
             return;
         }
-        match self.fs.lseek(node_to_ino(ino), offset as u64, whence) {
+        let ino = node_to_ino(ino);
+        // Without writeback_cache the kernel does not write dirty pages of
+        // a shared writable mapping back before FUSE_LSEEK, so the extents
+        // may not show data that is already in the file: a hole reported
+        // there would make `cp` and friends skip it. Such a mapping needs a
+        // handle opened for writing (its release comes only after munmap),
+        // so while one is open the answer is the conservative one: all data
+        // up to EOF.
+        let r = if self.has_writers(ino) {
+            self.fs.getattr(ino).and_then(|a| {
+                if offset as u64 >= a.size {
+                    Err(FsError::NoData)
+                } else if whence == SeekWhence::Data {
+                    Ok(offset as u64)
+                } else {
+                    Ok(a.size)
+                }
+            })
+        } else {
+            self.fs.lseek(ino, offset as u64, whence)
+        };
+        match r {
             Ok(o) => reply.offset(o as i64),
             Err(e) => reply.error(errno(&e)),
         }

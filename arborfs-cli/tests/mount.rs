@@ -10,269 +10,13 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_arborfs");
-/// Longest a whole test may run before its daemon is killed.
-const TEST_DEADLINE: Duration = Duration::from_secs(120);
-const WAIT: Duration = Duration::from_secs(30);
-
-fn fuse_usable() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let ok = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-        .is_ok()
-        && (root
-            || Path::new("/usr/bin/fusermount3").exists()
-            || Path::new("/bin/fusermount3").exists());
-    if !ok {
-        eprintln!("skipping: /dev/fuse is not usable here");
-    }
-    ok
-}
-
-macro_rules! require_fuse {
-    () => {
-        if !fuse_usable() {
-            // CI installs and can use FUSE: there a missing FUSE is a failure.
-            assert!(std::env::var_os("CI").is_none(), "FUSE is not usable on CI");
-            return;
-        }
-    };
-}
-
-struct Out {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs a command to completion, killing it after `timeout`.
-fn run_timeout(cmd: &mut Command, timeout: Duration) -> Out {
-    let dir = tempfile::tempdir().unwrap();
-    let (o, e) = (dir.path().join("out"), dir.path().join("err"));
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&o).unwrap())
-        .stderr(fs::File::create(&e).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let status = wait_child(&mut child, timeout).unwrap_or_else(|| {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("{cmd:?} did not finish within {timeout:?}");
-    });
-    Out {
-        status,
-        stdout: fs::read_to_string(o).unwrap(),
-        stderr: fs::read_to_string(e).unwrap(),
-    }
-}
-
-fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return Some(s);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn arborfs(args: &[&str]) -> Out {
-    run_timeout(Command::new(BIN).args(args), WAIT)
-}
-
-fn mount_entry(mnt: &Path) -> Option<String> {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let m = mnt.to_str().unwrap();
-    text.lines()
-        .rev()
-        .find(|l| l.split(' ').nth(4) == Some(m))
-        .map(str::to_string)
-}
-
-fn is_mounted(mnt: &Path) -> bool {
-    mount_entry(mnt).is_some_and(|l| l.contains(" - fuse.arborfs "))
-}
-
-/// Pids of processes with `arg` on their command line (the daemons of one
-/// test's mount point, which is unique).
-fn pids_with_arg(arg: &Path) -> Vec<i32> {
-    let mut v = Vec::new();
-    let me = std::process::id() as i32;
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        if let Ok(cmd) = fs::read(e.path().join("cmdline"))
-            && cmd
-                .split(|&b| b == 0)
-                .any(|a| a == arg.as_os_str().as_bytes())
-        {
-            v.push(pid);
-        }
-    }
-    v
-}
-
-fn kill_daemons(mnt: &Path) {
-    for pid in pids_with_arg(mnt) {
-        // SAFETY: sending a signal has no memory-safety preconditions.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
-    let _ = Command::new("umount")
-        .arg("-l")
-        .arg(mnt)
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// One image and mount point in a temporary directory; unmounts (and, if
-/// need be, kills the daemon) on drop.
-struct Fixture {
-    _dir: tempfile::TempDir,
-    image: PathBuf,
-    mnt: PathBuf,
-    /// The `-f` daemon, when mounted in the foreground.
-    child: Option<Child>,
-    watchdog: Option<mpsc::Sender<()>>,
-}
-
-impl Fixture {
-    fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let image = dir.path().join("img");
-        let mnt = dir.path().join("mnt");
-        fs::create_dir(&mnt).unwrap();
-        let mnt = mnt.canonicalize().unwrap();
-        let (tx, rx) = mpsc::channel::<()>();
-        let m = mnt.clone();
-        std::thread::spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(TEST_DEADLINE) {
-                eprintln!(
-                    "watchdog: test ran over {TEST_DEADLINE:?}; killing the daemon of {}",
-                    m.display()
-                );
-                kill_daemons(&m);
-            }
-        });
-        Fixture {
-            _dir: dir,
-            image,
-            mnt,
-            child: None,
-            watchdog: Some(tx),
-        }
-    }
-
-    fn image(&self) -> &str {
-        self.image.to_str().unwrap()
-    }
-
-    fn mnt(&self) -> &str {
-        self.mnt.to_str().unwrap()
-    }
-
-    fn p(&self, rel: &str) -> PathBuf {
-        self.mnt.join(rel)
-    }
-
-    /// Mounts in the foreground (`-f`) as a child process; waits until the
-    /// mount is live.
-    fn mount_fg(&mut self, opts: &str) {
-        assert!(self.child.is_none());
-        let mut child = Command::new(BIN)
-            .args(["mount", "-f", "-o", opts, self.image(), self.mnt()])
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + WAIT;
-        while !is_mounted(&self.mnt) {
-            if let Some(s) = child.try_wait().unwrap() {
-                panic!("arborfs mount -f exited with {s} before the mount was live");
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("mount did not appear within {WAIT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.child = Some(child);
-    }
-
-    /// Mounts as a daemon; returns when `arborfs mount` has exited.
-    fn mount_daemon(&self, opts: &str) -> Out {
-        arborfs(&["mount", "-o", opts, self.image(), self.mnt()])
-    }
-
-    /// `arborfs umount`, then the foreground daemon (if any) must exit 0.
-    fn umount(&mut self) {
-        let out = arborfs(&["umount", self.mnt()]);
-        assert!(
-            out.status.success(),
-            "arborfs umount failed: {}",
-            out.stderr
-        );
-        assert!(!is_mounted(&self.mnt));
-        self.reap_child();
-    }
-
-    fn reap_child(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let s = wait_child(&mut c, WAIT).unwrap_or_else(|| {
-                let _ = c.kill();
-                let _ = c.wait();
-                panic!("daemon did not exit within {WAIT:?} after the unmount");
-            });
-            assert!(s.success(), "daemon exited with {s}");
-        }
-    }
-
-    fn assert_clean(&self) {
-        let out = arborfs(&["show-super", "--json", self.image()]);
-        assert!(out.status.success(), "{}", out.stderr);
-        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        assert_eq!(
-            v["clean"],
-            serde_json::Value::Bool(true),
-            "image not clean after unmount"
-        );
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        if is_mounted(&self.mnt) {
-            let _ = run_timeout(
-                Command::new("umount").arg(&self.mnt),
-                Duration::from_secs(10),
-            );
-        }
-        if let Some(mut c) = self.child.take()
-            && wait_child(&mut c, Duration::from_secs(10)).is_none()
-        {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if is_mounted(&self.mnt) || !pids_with_arg(&self.mnt).is_empty() {
-            kill_daemons(&self.mnt);
-        }
-        drop(self.watchdog.take());
-    }
-}
+#[macro_use]
+mod common;
+use common::*;
 
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
@@ -857,14 +601,7 @@ fn tree_of_many_sizes_and_attributes_survives_a_remount() {
         );
     }
     f.umount();
-    let out = arborfs(&["fsck", "-n", f.image()]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "fsck: {}{}",
-        out.stdout,
-        out.stderr
-    );
+    f.assert_fsck_clean("the remount");
 }
 
 /// fsync, then kill -9 the daemon: after a remount every fsynced file and
@@ -905,14 +642,7 @@ fn kill_9_keeps_everything_fsynced() {
     }
     assert!(!f.p("synced0").exists());
     f.umount();
-    let out = arborfs(&["fsck", "-n", f.image()]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "fsck after kill -9: {}{}",
-        out.stdout,
-        out.stderr
-    );
+    f.assert_fsck_clean("kill -9");
 }
 
 /// A flipped byte in one file's stored data: reading that file fails with
@@ -1284,5 +1014,76 @@ fn compression_mount_option_shows_in_usage() {
     // Mounted again without the option, the data reads back the same.
     f.mount_fg("");
     assert!(fs::read(f.p("text")).unwrap() == text);
+    f.umount();
+}
+
+/// lseek(SEEK_DATA/SEEK_HOLE) on a file while it is open for writing
+/// answers "data up to EOF": pages dirtied through a shared mapping are not
+/// written back before FUSE_LSEEK, so the extents alone would report them
+/// as a hole (and `cp` would skip them). Once the file is closed, holes are
+/// reported exactly again.
+#[test]
+fn seek_data_sees_pages_dirtied_through_a_mapping() {
+    use std::os::fd::AsRawFd;
+    require_fuse!();
+    let mut f = Fixture::new();
+    f.mount_fg("size=64M");
+    let p = f.p("sparse");
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    file.set_len(1 << 20).unwrap();
+    let fd = file.as_raw_fd();
+    let seek = |fd: i32, off: i64, whence: i32| {
+        // SAFETY: lseek on a live fd reads only its integer arguments.
+        let r = unsafe { libc::lseek(fd, off, whence) };
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(r)
+        }
+    };
+    // SAFETY: a fresh shared mapping of 1 MiB of a 1 MiB file; written once
+    // within bounds below, unmapped before the file is closed.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            1 << 20,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED);
+    // SAFETY: byte 512 KiB is inside the mapping and the file.
+    unsafe { *map.cast::<u8>().add(512 << 10) = 0x41 };
+    // Dirty in the page cache only (no msync): it must not be skipped.
+    let d = seek(fd, 0, libc::SEEK_DATA).expect("SEEK_DATA found no data");
+    assert!(d <= 512 << 10, "SEEK_DATA skipped the dirty page: {d}");
+    let h = seek(fd, 512 << 10, libc::SEEK_HOLE).unwrap();
+    assert!(h >= (512 << 10) + 4096, "SEEK_HOLE in the dirty page: {h}");
+    // SAFETY: unmapping the mapping made above.
+    assert_eq!(unsafe { libc::munmap(map, 1 << 20) }, 0);
+    drop(file);
+    let ro = fs::File::open(&p).unwrap();
+    let mut data = vec![0u8; 4096];
+    std::os::unix::fs::FileExt::read_exact_at(&ro, &mut data, 512 << 10).unwrap();
+    assert_eq!(data[0], 0x41);
+    // Not open for writing any more: the hole before the data shows.
+    let (fd, mut tries) = (ro.as_raw_fd(), 0);
+    // The release of the writable handle may reach the daemon just after
+    // the close returns.
+    while seek(fd, 0, libc::SEEK_DATA).unwrap() == 0 && tries < 100 {
+        std::thread::sleep(Duration::from_millis(10));
+        tries += 1;
+    }
+    assert_eq!(seek(fd, 0, libc::SEEK_DATA).unwrap(), 512 << 10);
+    assert_eq!(seek(fd, 0, libc::SEEK_HOLE).unwrap(), 0);
+    drop(ro);
     f.umount();
 }
