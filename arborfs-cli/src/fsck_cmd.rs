@@ -63,7 +63,7 @@ pub fn run(image: &Path, repair: bool, as_json: bool) -> i32 {
         Ok(r) => r,
         Err(e) => {
             return fail(format!(
-                "cannot check the filesystem in {}: {e}",
+                "cannot open or check the filesystem in {}: {e}",
                 image.display()
             ));
         }
