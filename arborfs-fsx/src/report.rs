@@ -370,11 +370,10 @@ impl fmt::Display for Failure {
             FailureKind::Data(m) => {
                 writeln!(
                     f,
-                    "data mismatch in f{} ({}) via {}: read {:#x} bytes at {:#x}, model has {:#x} there, got {:#x}",
+                    "data mismatch in f{} ({}) via {}: at {:#x} expected {:#x} bytes, got {:#x}",
                     m.file,
                     m.path.display(),
                     m.how,
-                    m.expected_len,
                     m.read_off,
                     m.expected_len,
                     m.got_len

@@ -130,7 +130,11 @@ impl fmt::Display for StressError {
                 for s in stuck {
                     write!(f, "\n  {s}")?;
                 }
-                Ok(())
+                write!(
+                    f,
+                    "\n(the filesystem does not answer: their calls return, and this process can \
+                     exit, once it is unmounted with umount -l or its server is killed)"
+                )
             }
             StressError::Verify(problems) => {
                 write!(
@@ -360,6 +364,15 @@ impl Plan {
 
     fn rename_dir(&self, second: bool) -> PathBuf {
         self.root.join(if second { "r2" } else { "r1" })
+    }
+
+    /// Name of file `i`: the shared files, then copyA and copyB.
+    fn file_name(&self, i: usize) -> String {
+        match i.checked_sub(self.shared_files) {
+            None => format!("shared{i}"),
+            Some(0) => "copyA".into(),
+            Some(_) => "copyB".into(),
+        }
     }
 
     fn rename_name(j: usize) -> String {
@@ -603,26 +616,38 @@ struct Slot {
     name: String,
     ops: AtomicU64,
     doing: AtomicU8,
-    /// File and offset of the current operation, for the hang report.
+    /// File (an index into [`Plan::file_name`]) and offset or name number
+    /// of the current operation, for the hang report.
+    file: AtomicU64,
     target: AtomicU64,
 }
 
 impl Slot {
-    fn set(&self, d: Doing, target: u64) {
+    fn set(&self, d: Doing, file: usize, target: u64) {
         self.doing.store(d as u8, Ordering::Relaxed);
+        self.file.store(file as u64, Ordering::Relaxed);
         self.target.store(target, Ordering::Relaxed);
     }
 
-    fn describe(&self) -> String {
+    fn describe(&self, plan: &Plan) -> String {
         let d = Doing::ALL
             .get(self.doing.load(Ordering::Relaxed) as usize)
             .copied()
             .unwrap_or(Doing::Starting);
+        let (file, target) = (
+            self.file.load(Ordering::Relaxed) as usize,
+            self.target.load(Ordering::Relaxed),
+        );
+        let on = match d {
+            Doing::Starting | Doing::Finished | Doing::Readdir => String::new(),
+            Doing::Rename => format!(" of {}", Plan::rename_name(target as usize)),
+            Doing::Ftruncate => format!(" of {} to {target:#x}", plan.file_name(file)),
+            _ => format!(" on {} at {target:#x}", plan.file_name(file)),
+        };
         format!(
-            "{}: in {} (target {:#x}) after {} ops",
+            "{}: in {}{on} after {} ops",
             self.name,
             d.name(),
-            self.target.load(Ordering::Relaxed),
             self.ops.load(Ordering::Relaxed)
         )
     }
@@ -728,7 +753,7 @@ fn worker(role: Role, id: u32, mut rng: Rng, slot: &Slot, ctx: &Ctx) -> WorkerRe
                 } else {
                     Doing::Pwrite
                 };
-                slot.set(d, (s as u64) << 56 | off);
+                slot.set(d, s, off);
                 sys::pwrite_all(&fds[s], &buf[..BLOCK], off)
                     .map_err(|e| werr(slot, d.name(), e))?;
                 slot.ops.fetch_add(1, Ordering::Relaxed);
@@ -743,7 +768,7 @@ fn worker(role: Role, id: u32, mut rng: Rng, slot: &Slot, ctx: &Ctx) -> WorkerRe
                     let k = 1 + rng.below(16);
                     let i = rng.below(plan.shared_blocks);
                     let (off, len) = (i * BLOCK as u64, k * BLOCK as u64);
-                    slot.set(Doing::PunchHole, (s as u64) << 56 | off);
+                    slot.set(Doing::PunchHole, s, off);
                     let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
                     match sys::fallocate(&fds[s], mode, off, len) {
                         Err(e) if unsupported(&e) => {
@@ -754,7 +779,7 @@ fn worker(role: Role, id: u32, mut rng: Rng, slot: &Slot, ctx: &Ctx) -> WorkerRe
                     }
                 } else {
                     let to = rng.below(plan.shared_blocks + 1) * BLOCK as u64;
-                    slot.set(Doing::Ftruncate, (s as u64) << 56 | to);
+                    slot.set(Doing::Ftruncate, s, to);
                     fds[s].set_len(to).map_err(|e| werr(slot, "ftruncate", e))?;
                 }
                 slot.ops.fetch_add(1, Ordering::Relaxed);
@@ -771,7 +796,7 @@ fn worker(role: Role, id: u32, mut rng: Rng, slot: &Slot, ctx: &Ctx) -> WorkerRe
                 seq += 1;
                 ctx.issued[id as usize].store(seq, Ordering::SeqCst);
                 let off = i * BLOCK as u64;
-                slot.set(Doing::Pwrite, (f as u64) << 56 | off);
+                slot.set(Doing::Pwrite, plan.shared_files + f, off);
                 sys::pwrite_all(&fds[f], &buf[..BLOCK], off)
                     .map_err(|e| werr(slot, "pwrite", e))?;
                 slot.ops.fetch_add(1, Ordering::Relaxed);
@@ -784,7 +809,7 @@ fn worker(role: Role, id: u32, mut rng: Rng, slot: &Slot, ctx: &Ctx) -> WorkerRe
                 let k = 1 + rng.below(32.min(plan.copy_blocks));
                 let i = rng.below(plan.copy_blocks - k + 1);
                 let off = i * BLOCK as u64;
-                slot.set(Doing::CopyRange, off);
+                slot.set(Doing::CopyRange, plan.shared_files + src, off);
                 match sys::copy_file_range(&fds[src], off, &fds[dst], off, k as usize * BLOCK) {
                     Err(e) if unsupported(&e) => {
                         ctx.note(format!("copy_file_range disabled: {e}"));
@@ -802,7 +827,7 @@ fn worker(role: Role, id: u32, mut rng: Rng, slot: &Slot, ctx: &Ctx) -> WorkerRe
             while ctx.running() {
                 let j = rng.below(plan.rename_files as u64) as usize;
                 let n = Plan::rename_name(j);
-                slot.set(Doing::Rename, j as u64);
+                slot.set(Doing::Rename, 0, j as u64);
                 match sys::rename_noreplace(&from.join(&n), &to.join(&n)) {
                     Ok(()) => {}
                     Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
@@ -840,7 +865,7 @@ fn worker(role: Role, id: u32, mut rng: Rng, slot: &Slot, ctx: &Ctx) -> WorkerRe
             while ctx.running() {
                 if rng.chance(1, 8) {
                     let d = plan.rename_dir(rng.chance(1, 2));
-                    slot.set(Doing::Readdir, 0);
+                    slot.set(Doing::Readdir, 0, 0);
                     let it = std::fs::read_dir(&d).map_err(|e| werr(slot, "readdir", e))?;
                     for e in it {
                         e.map_err(|e| werr(slot, "readdir", e))?;
@@ -858,7 +883,7 @@ fn worker(role: Role, id: u32, mut rng: Rng, slot: &Slot, ctx: &Ctx) -> WorkerRe
                 let i = rng.below(blocks);
                 let off = i * BLOCK as u64;
                 let use_direct = !dfds.is_empty() && rng.chance(1, 2);
-                slot.set(Doing::Pread, (f as u64) << 56 | off);
+                slot.set(Doing::Pread, f, off);
                 let fd = if use_direct { &dfds[f] } else { &fds[f] };
                 let n = sys::pread_full(fd, &mut buf[..BLOCK], off, use_direct)
                     .map_err(|e| werr(slot, "pread", e))?;
@@ -867,18 +892,12 @@ fn worker(role: Role, id: u32, mut rng: Rng, slot: &Slot, ctx: &Ctx) -> WorkerRe
                     // Past EOF of a shared file (it was truncated).
                     continue;
                 }
-                let b = &buf[..BLOCK];
+                let (b, name) = (&buf[..BLOCK], plan.file_name(f));
                 let r = if shared_file {
-                    let name = format!("shared{f}");
                     let fam = f as u32 + 1;
                     Plan::check_block(&name, b, fam, i, &plan.block_writers, true, issued)
                 } else {
-                    let name = if f == plan.shared_files {
-                        "copyA"
-                    } else {
-                        "copyB"
-                    };
-                    Plan::check_block(name, b, COPY_FAMILY, i, &copy_writers, false, issued)
+                    Plan::check_block(&name, b, COPY_FAMILY, i, &copy_writers, false, issued)
                 };
                 match r {
                     Ok(_) => {}
@@ -903,7 +922,7 @@ fn worker(role: Role, id: u32, mut rng: Rng, slot: &Slot, ctx: &Ctx) -> WorkerRe
             }
         }
     }
-    slot.set(Doing::Finished, 0);
+    slot.set(Doing::Finished, 0, 0);
     Ok(())
 }
 
@@ -1022,6 +1041,7 @@ pub fn run(dir: &Path, cfg: &StressConfig) -> Result<StressReport, StressError> 
             name: format!("{name}#{i}"),
             ops: AtomicU64::new(0),
             doing: AtomicU8::new(Doing::Starting as u8),
+            file: AtomicU64::new(0),
             target: AtomicU64::new(0),
         });
         slots.push(slot.clone());
@@ -1061,7 +1081,7 @@ pub fn run(dir: &Path, cfg: &StressConfig) -> Result<StressReport, StressError> 
             .iter()
             .zip(&results)
             .filter(|(_, r)| r.is_none())
-            .map(|(s, _)| s.describe())
+            .map(|(s, _)| s.describe(&plan))
             .collect();
         return Err(StressError::Hang {
             waited: started.elapsed(),

@@ -192,6 +192,7 @@ pub fn page_size() -> u64 {
 pub struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
+    writable: bool,
 }
 
 impl Mapping {
@@ -222,7 +223,7 @@ impl Mapping {
             return Err(io::Error::last_os_error());
         }
         let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
-        Ok(Mapping { ptr, len })
+        Ok(Mapping { ptr, len, writable })
     }
 
     /// Copies `out.len()` bytes at `at` (relative to the mapping) out.
@@ -238,11 +239,11 @@ impl Mapping {
         }
     }
 
-    /// Copies `data` into the mapping at `at`.
+    /// Copies `data` into the (writable) mapping at `at`.
     pub fn write(&mut self, at: usize, data: &[u8]) {
+        assert!(self.writable, "write into a read-only mapping");
         assert!(at + data.len() <= self.len, "write past the mapping");
-        // SAFETY: as in `read`; a writable mapping (the caller created it
-        // with `writable`, else the kernel would fault: callers do).
+        // SAFETY: as in `read`, and the mapping is writable (asserted).
         unsafe {
             std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(at), data.len())
         }
