@@ -270,6 +270,12 @@ pub struct ArborFuse {
     writers: Mutex<HashMap<InodeNo, u32>>,
 }
 
+/// Setting this xattr on any file (as root) writes back all dirty data and
+/// drops ArborFS's clean cached pages: `setfattr -n trusted.arborfs.drop_caches
+/// -v 1 MOUNTPOINT`, the counterpart of `echo 3 > /proc/sys/vm/drop_caches`
+/// for benchmarks of cold reads.
+const DROP_CACHES_XATTR: &[u8] = b"trusted.arborfs.drop_caches";
+
 /// File handles of files opened with O_DIRECT carry this bit: their IO
 /// bypasses the kernel's page cache (FOPEN_DIRECT_IO) and ours.
 const DIRECT_FH: u64 = 1 << 63;
@@ -764,6 +770,16 @@ impl Filesystem for ArborFuse {
     ) {
         if position != 0 {
             reply.error(err(libc::EINVAL));
+            return;
+        }
+        if name.as_bytes() == DROP_CACHES_XATTR {
+            // A control, not an attribute: root only (like
+            // /proc/sys/vm/drop_caches); nothing is stored.
+            if req.uid() != 0 {
+                reply.error(err(libc::EPERM));
+                return;
+            }
+            reply_empty(reply, self.fs.drop_caches());
             return;
         }
         let how = match flags {

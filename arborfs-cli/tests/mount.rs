@@ -309,6 +309,38 @@ fn truncated_image_fails_with_a_clear_message() {
     assert!(!is_mounted(&f.mnt));
 }
 
+/// `trusted.arborfs.drop_caches` is a control, not an attribute: setting it
+/// (as root) drops the daemon's cached pages, nothing is stored, and data
+/// written before reads back the same afterwards.
+#[test]
+fn drop_caches_xattr_is_a_control() {
+    require_fuse!();
+    let mut f = Fixture::new();
+    f.mount_fg("size=64M");
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(f.p("d"), &data).unwrap();
+    let out = run_timeout(
+        Command::new("setfattr")
+            .args(["-n", "trusted.arborfs.drop_caches", "-v", "1"])
+            .arg(&f.mnt),
+        WAIT,
+    );
+    assert!(out.status.success(), "{}", out.stderr);
+    let out = run_timeout(
+        Command::new("getfattr")
+            .args(["-n", "trusted.arborfs.drop_caches"])
+            .arg(&f.mnt),
+        WAIT,
+    );
+    assert!(
+        !out.status.success(),
+        "stored as an attribute: {}",
+        out.stdout
+    );
+    assert!(fs::read(f.p("d")).unwrap() == data);
+    f.umount();
+}
+
 #[test]
 fn mkfs_and_fsck_names() {
     let dir = tempfile::tempdir().unwrap();

@@ -437,6 +437,14 @@ impl FsCore {
         Ok(())
     }
 
+    /// Writes back all dirty data and drops every clean cached page (for
+    /// cold-cache benchmarks; dirty pages written meanwhile stay).
+    pub fn drop_caches(&self) -> FsResult<()> {
+        self.writeback_all()?;
+        self.pages.drop_clean();
+        Ok(())
+    }
+
     /// Page cache usage (bytes cached, dirty, limit).
     pub fn page_cache_stats(&self) -> super::pagecache::PageCacheStats {
         self.pages.stats()

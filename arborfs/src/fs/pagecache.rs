@@ -516,6 +516,24 @@ impl PageCache {
         v
     }
 
+    /// Drops every clean page of every inode.
+    pub fn drop_clean(&self) {
+        for sh in &self.shards {
+            let mut gone = 0usize;
+            let g = self.next_generation();
+            let mut s = sh.lock();
+            for p in s.inodes.values_mut() {
+                let before = p.pages.len();
+                p.pages.retain(|_, pg| pg.dirty);
+                if p.pages.len() != before {
+                    gone += before - p.pages.len();
+                    p.generation = g;
+                }
+            }
+            self.used.fetch_sub(gone * PAGE as usize, Ordering::Relaxed);
+        }
+    }
+
     /// Evicts clean pages (CLOCK over shards) until under 7/8 of the limit.
     pub fn evict_if_needed(&self) {
         if self.used.load(Ordering::Relaxed) <= self.limit {
@@ -625,6 +643,22 @@ mod tests {
         let mut hit = Vec::new();
         c.read(3, 0, &mut buf, &mut hit);
         assert_eq!(hit, vec![false]);
+    }
+
+    #[test]
+    fn drop_clean_keeps_only_dirty_pages() {
+        let c = PageCache::new(4 << 20);
+        c.write(1, 0, &[1u8; 8192], 0, t()).unwrap();
+        c.fill(2, 0, &[2u8; 8192], c.generation(2));
+        assert_eq!(c.stats().bytes, 16384);
+        c.drop_clean();
+        assert_eq!(c.stats().bytes, 8192, "the dirty pages stay");
+        let mut buf = vec![0u8; 8192];
+        let mut hit = Vec::new();
+        c.read(2, 0, &mut buf, &mut hit);
+        assert_eq!(hit, vec![false, false]);
+        c.read(1, 0, &mut buf, &mut hit);
+        assert_eq!(hit, vec![true, true]);
     }
 
     #[test]
