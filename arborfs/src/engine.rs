@@ -777,6 +777,18 @@ impl Engine {
         Ok(())
     }
 
+    /// Node slots no longer in any tree (merged away, replaced) but still
+    /// charged: the last checkpoint's trees on disk reference them until the
+    /// next checkpoint writes roots that do not and releases them.
+    pub fn freed_node_slots(&self) -> Vec<(BtreeId, crate::btree::node_format::BtreePtr)> {
+        let mut out = Vec::new();
+        for t in &self.inner.trees {
+            let g = t.read();
+            out.extend(g.freed.iter().map(|p| (g.id, *p)));
+        }
+        out
+    }
+
     /// Replaces every b-tree node that cannot be read with an empty one of
     /// the same range (fsck repair; the keys it held are lost), then
     /// checkpoints. Returns the nodes dropped.

@@ -1319,6 +1319,19 @@ fn crash_states_bigdir_mixed() {
     eprintln!("fs_crash: {n} crash states checked");
 }
 
+/// A case the long run found: replaying this workload merges nodes, whose
+/// slots stay charged until the next checkpoint; fsck must count them as in
+/// use (it reported "alloc key says btree 96 sectors, contents are 32").
+#[test]
+fn crash_states_replay_merges_keep_freed_slots_charged() {
+    let (name, w, _) = WORKLOADS
+        .iter()
+        .find(|w| w.0 == "xattrs")
+        .expect("xattrs workload");
+    let n = run_workload(name, *w, 603, 8, 239);
+    eprintln!("fs_crash: {n} crash states checked");
+}
+
 /// The long variant: `ARBORFS_FS_CRASH_STATES` states (default 20000) over
 /// every workload, with more seeds and longer workloads.
 #[test]

@@ -137,6 +137,14 @@ pub fn check(fs: &Fs, repair: bool, progress: &mut dyn FnMut(&str)) -> FsResult<
     }
     walked?;
     r.nodes = node_slots.len() as u64;
+    // Slots freed since the last checkpoint (a merge during replay, say)
+    // stay charged until the next one: count them as in use.
+    node_slots.extend(
+        engine
+            .freed_node_slots()
+            .into_iter()
+            .map(|(b, p)| (b, p.offset)),
+    );
 
     progress("checking inodes");
     let mut inodes: BTreeMap<u64, InodeValue> = BTreeMap::new();
