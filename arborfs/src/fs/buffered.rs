@@ -16,6 +16,7 @@ use super::FsCore;
 use super::data::{Stored, kill_suid, put_extents, regular};
 use super::error::{FsError, FsResult};
 use super::inode::{MAX_FILE_SIZE, read_inode, write_inode};
+use super::inode_format::InodeValue;
 use super::pagecache::PAGE;
 use super::types::*;
 use crate::SECTOR_BYTES;
@@ -64,10 +65,16 @@ impl FsCore {
     /// Reads the cache first: a writeback that finishes in between has
     /// already put the size on disk.
     fn cached_size(&self, ino: InodeNo) -> FsResult<u64> {
+        Ok(self.inode_and_cached_size(ino)?.1)
+    }
+
+    /// The inode as on disk, and [`Self::cached_size`] from the same read.
+    fn inode_and_cached_size(&self, ino: InodeNo) -> FsResult<(InodeValue, u64)> {
         let pending = self.pages.pending(ino.0).size;
         let v = self.tx(Durability::Lazy, |tx| read_inode(tx, ino))?;
         regular(&v)?;
-        Ok(pending.map_or(v.size, |p| p.max(v.size)))
+        let size = pending.map_or(v.size, |p| p.max(v.size));
+        Ok((v, size))
     }
 
     /// Overlays what buffered writes changed and has not been written back
@@ -153,9 +160,7 @@ impl FsCore {
         if data.is_empty() {
             return Ok(0);
         }
-        let mut l = self.lock_for_write(ino, offset, data.len())?;
-        let v = self.tx(Durability::Lazy, |tx| read_inode(tx, ino))?;
-        let size = self.cached_size(ino)?;
+        let (mut l, v, size) = self.lock_for_write(ino, offset, data.len())?;
         let mut killed = v.clone();
         kill_suid(caller, &mut killed);
         if killed.mode != v.mode {
@@ -224,7 +229,7 @@ impl FsCore {
         if data.is_empty() {
             return Ok(0);
         }
-        let mut l = self.lock_for_write(ino, offset, data.len())?;
+        let (mut l, _, _) = self.lock_for_write(ino, offset, data.len())?;
         self.write_uncached(&mut l, caller, ino, offset, data)
     }
 
@@ -247,8 +252,14 @@ impl FsCore {
     }
 
     /// Checks a write of `len` bytes at `offset` and takes the inode's IO
-    /// lock: exclusive if the write extends the file, else shared.
-    fn lock_for_write(&self, ino: InodeNo, offset: u64, len: usize) -> FsResult<LockSet<'_>> {
+    /// lock: exclusive if the write extends the file, else shared. Returns
+    /// the locks with the inode and its cached size as read under them.
+    fn lock_for_write(
+        &self,
+        ino: InodeNo,
+        offset: u64,
+        len: usize,
+    ) -> FsResult<(LockSet<'_>, InodeValue, u64)> {
         let end = offset.checked_add(len as u64).ok_or(FsError::FileTooBig)?;
         if end > MAX_FILE_SIZE {
             return Err(FsError::FileTooBig);
@@ -264,9 +275,10 @@ impl FsCore {
                 IoMode::Shared
             };
             let io = self.lock_inode(ino, mode, None);
+            let (v, size) = self.inode_and_cached_size(ino)?;
             // Shrunk since we looked: take the exclusive lock instead.
-            if extending || end <= self.cached_size(ino)? {
-                return Ok(io);
+            if extending || end <= size {
+                return Ok((io, v, size));
             }
             drop(io);
         }

@@ -182,7 +182,7 @@ impl FsCore {
                     if tries < 16
                         && (seq % 2 == 1
                             || self.engine.data_move_seq() != seq
-                            || self.extents_now(ino, offset, buf.len())? != used) =>
+                            || self.extents_now(ino, offset, buf.len())?.1 != used) =>
                 {
                     tries += 1
                 }
@@ -191,15 +191,18 @@ impl FsCore {
         }
     }
 
-    /// The extent keys a read of `len` bytes at `offset` looks up.
-    fn extents_now(&self, ino: InodeNo, offset: u64, len: usize) -> FsResult<Vec<Key>> {
+    /// The on-disk size, and the extent keys a read of `len` bytes at
+    /// `offset` looks up, in one transaction.
+    fn extents_now(&self, ino: InodeNo, offset: u64, len: usize) -> FsResult<(u64, Vec<Key>)> {
         self.tx(Durability::Lazy, |tx| {
             let v = read_inode(tx, ino)?;
+            regular(&v)?;
             if offset >= v.size {
-                return Ok(Vec::new());
+                return Ok((v.size, Vec::new()));
             }
             let end = (offset + len as u64).min(v.size);
-            extents_in(tx, ino, offset / SECTOR_BYTES, end.div_ceil(SECTOR_BYTES))
+            let keys = extents_in(tx, ino, offset / SECTOR_BYTES, end.div_ceil(SECTOR_BYTES))?;
+            Ok((v.size, keys))
         })
     }
 
@@ -210,12 +213,8 @@ impl FsCore {
         buf: &mut [u8],
         used: &mut Vec<Key>,
     ) -> FsResult<usize> {
-        let size = self.tx(Durability::Lazy, |tx| {
-            let v = read_inode(tx, ino)?;
-            regular(&v)?;
-            Ok(v.size)
-        })?;
-        *used = self.extents_now(ino, offset, buf.len())?;
+        let size;
+        (size, *used) = self.extents_now(ino, offset, buf.len())?;
         let keys = &*used;
         if offset >= size {
             return Ok(0);

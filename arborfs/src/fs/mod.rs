@@ -100,7 +100,7 @@ struct Flusher {
 }
 
 impl Flusher {
-    fn start(core: std::sync::Weak<FsCore>) -> Flusher {
+    fn start(core: std::sync::Weak<FsCore>) -> std::io::Result<Flusher> {
         let stop = Arc::new((Mutex::new(false), parking_lot::Condvar::new()));
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
@@ -130,12 +130,11 @@ impl Flusher {
                         return;
                     }
                 }
-            })
-            .expect("spawn the writeback thread");
-        Flusher {
+            })?;
+        Ok(Flusher {
             stop,
             thread: Some(thread),
-        }
+        })
     }
 }
 
@@ -259,7 +258,9 @@ impl Fs {
         }
         let core = Arc::new(core);
         let flusher = (!core.opts.engine.read_only && core.opts.engine.background)
-            .then(|| Flusher::start(Arc::downgrade(&core)));
+            .then(|| Flusher::start(Arc::downgrade(&core)))
+            .transpose()
+            .map_err(|e| FsError::Io(format!("cannot start the writeback thread: {e}")))?;
         Ok(Fs { core, flusher })
     }
 
