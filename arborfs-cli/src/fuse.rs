@@ -42,6 +42,16 @@ pub const SUBTYPE: &str = "arborfs";
 /// Largest write the kernel sends in one request.
 const MAX_WRITE: u32 = 1 << 20;
 
+/// The kernel's readahead for a mount unless `-o readahead=` says: large
+/// enough that sequential reads keep several FUSE reads in flight.
+pub const DEFAULT_KERNEL_READAHEAD: u64 = 2 << 20;
+const MAX_KERNEL_READAHEAD: u64 = 64 << 20;
+
+thread_local! {
+    /// Each dispatch thread's read reply buffer (at most `MAX_WRITE` bytes).
+    static READ_BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 // ---------------------------------------------------------------------------
 // Node ids. FUSE's root is node 1; every other node id is the inode number
 // (ArborFS reserves the numbers below ROOT_INO, so node 1 is never an inode).
@@ -345,7 +355,10 @@ impl ArborFuse {
 impl Filesystem for ArborFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_WRITE);
-        let _ = config.set_max_readahead(MAX_WRITE);
+        // Take whatever readahead the kernel offers: `mount` set it.
+        if let Err(offered) = config.set_max_readahead(MAX_KERNEL_READAHEAD as u32) {
+            let _ = config.set_max_readahead(offered);
+        }
         for cap in [
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
@@ -588,16 +601,25 @@ impl Filesystem for ArborFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let mut buf = vec![0u8; size as usize];
-        let r = if fh.0 & DIRECT_FH != 0 {
-            self.fs.read_direct(node_to_ino(ino), offset, &mut buf)
-        } else {
-            self.fs.read(node_to_ino(ino), offset, &mut buf)
-        };
-        match r {
-            Ok(n) => reply.data(&buf[..n.min(buf.len())]),
-            Err(e) => reply.error(errno(&e)),
-        }
+        READ_BUF.with(|cell| {
+            // Reused per thread: the fs writes the `n` bytes it returns, and
+            // only those are sent, so the buffer needs no zeroing.
+            let mut buf = cell.take();
+            if buf.len() < size as usize {
+                buf.resize(size as usize, 0);
+            }
+            let buf_ref = &mut buf[..size as usize];
+            let r = if fh.0 & DIRECT_FH != 0 {
+                self.fs.read_direct(node_to_ino(ino), offset, buf_ref)
+            } else {
+                self.fs.read(node_to_ino(ino), offset, buf_ref)
+            };
+            match r {
+                Ok(n) => reply.data(&buf_ref[..n.min(buf_ref.len())]),
+                Err(e) => reply.error(errno(&e)),
+            }
+            cell.set(buf);
+        })
     }
 
     fn write(
@@ -1006,6 +1028,10 @@ pub struct MountOpts {
     pub cache_size: Option<u64>,
     /// `remount`: change the flags of a live mount.
     pub remount: bool,
+    /// `readahead=SIZE`: the kernel's readahead window for this mount
+    /// (default `DEFAULT_KERNEL_READAHEAD`; needs root, else the kernel's
+    /// default and the page cache's own readahead are used).
+    pub readahead: Option<u64>,
     /// `compression=none|lz4|zstd[:LEVEL]`: overrides the image's default
     /// for files without their own option.
     pub compression: Option<Compression>,
@@ -1060,6 +1086,14 @@ pub fn parse_mount_opts(list: &str) -> Result<MountOpts> {
                 }
                 o.cache_size = Some(n);
             }
+            _ if opt.starts_with("readahead=") => {
+                let v = &opt["readahead=".len()..];
+                let n = crate::parse_size(v).with_context(|| format!("bad readahead {v:?}"))?;
+                if n > MAX_KERNEL_READAHEAD {
+                    anyhow::bail!("readahead {v:?} is above the maximum of 64M");
+                }
+                o.readahead = Some(n);
+            }
             _ if opt.starts_with("compression=") => {
                 let v = &opt["compression=".len()..];
                 o.compression = Some(Compression::parse(v).with_context(|| {
@@ -1112,8 +1146,38 @@ pub fn mount(fs: Arc<Fs>, image: &Path, mountpoint: &Path, o: &MountOpts) -> Res
     let mut config = Config::default();
     config.n_threads = Some(dispatch_threads());
     config.clone_fd = true;
-    let adapter = ArborFuse::new(fs);
+    let adapter = ArborFuse::new(fs.clone());
     let notifier = adapter.notifier.clone();
+    let mounted = mount_session(adapter, &notifier, image, mountpoint, o, config)?;
+    // Before the session runs, so the INIT handshake keeps the new window.
+    // The kernel reading ahead makes the page cache's own readahead a
+    // second copy of the same pages: turn that off if it worked (if not,
+    // not root: the kernel's default window and ours stay).
+    if set_kernel_readahead(mountpoint, o.readahead.unwrap_or(DEFAULT_KERNEL_READAHEAD)).is_ok() {
+        fs.set_readahead(0);
+    }
+    Ok(mounted)
+}
+
+/// Writes the readahead window of the FUSE mount on `mountpoint` to its
+/// backing device info (root only).
+fn set_kernel_readahead(mountpoint: &Path, bytes: u64) -> std::io::Result<()> {
+    let entry = crate::mount_cmd::find_mount(mountpoint)
+        .ok_or_else(|| std::io::Error::other("not in /proc/self/mountinfo"))?;
+    std::fs::write(
+        format!("/sys/class/bdi/{}/read_ahead_kb", entry.dev),
+        format!("{}\n", bytes / 1024),
+    )
+}
+
+fn mount_session(
+    adapter: ArborFuse,
+    notifier: &Arc<std::sync::OnceLock<fuser::Notifier>>,
+    image: &Path,
+    mountpoint: &Path,
+    o: &MountOpts,
+    mut config: Config,
+) -> Result<Mounted> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         let fd = mount_direct(image, mountpoint, o)?;
@@ -1390,6 +1454,12 @@ mod tests {
         );
         assert!(parse_mount_opts("cache_size=1K").is_err());
         assert!(parse_mount_opts("cache_size=lots").is_err());
+        assert_eq!(
+            parse_mount_opts("readahead=4M").unwrap().readahead,
+            Some(4 << 20)
+        );
+        assert_eq!(parse_mount_opts("readahead=0").unwrap().readahead, Some(0));
+        assert!(parse_mount_opts("readahead=1G").is_err());
         let o = parse_mount_opts("rw,compression=zstd:7").unwrap();
         assert_eq!(o.compression, Compression::parse("zstd:7"));
         assert_eq!(

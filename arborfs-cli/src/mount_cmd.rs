@@ -30,6 +30,9 @@ const DEFAULT_IMAGE_SIZE: u64 = 1 << 30;
 /// One line of /proc/self/mountinfo.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MountEntry {
+    /// `major:minor` of the mounted filesystem (its st_dev; for FUSE also
+    /// the name of its backing device info in /sys/class/bdi).
+    pub dev: String,
     pub mountpoint: PathBuf,
     pub fstype: String,
     pub source: String,
@@ -64,6 +67,7 @@ fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             let pre: Vec<&str> = pre.split(' ').collect();
             let post: Vec<&str> = post.split(' ').collect();
             Some(MountEntry {
+                dev: pre.get(2)?.to_string(),
                 mountpoint: PathBuf::from(unescape(pre.get(4)?)),
                 options: pre.get(5)?.to_string(),
                 fstype: post.first()?.to_string(),
@@ -226,6 +230,9 @@ fn serve(image: &Path, mnt: &Path, o: &MountOpts, notify: &mut Notify) -> Result
             noatime: o.noatime,
             compression: o.compression,
             page_cache_bytes: o.cache_size.unwrap_or(0) as usize,
+            // The kernel's page cache keeps what FUSE reads return.
+            upper_cache: true,
+            ..Default::default()
         },
     )
     .with_context(|| format!("cannot open the filesystem on {}", image.display()))?;
@@ -553,6 +560,7 @@ mod tests {
         let v = parse_mountinfo(t);
         assert_eq!(v.len(), 2);
         assert_eq!(v[0].mountpoint, PathBuf::from("/mnt/my dir"));
+        assert_eq!(v[0].dev, "98:0");
         assert_eq!(v[0].fstype, "fuse.arborfs");
         assert_eq!(v[0].source, "/img/a b.img");
         assert_eq!(v[1].fstype, "proc");

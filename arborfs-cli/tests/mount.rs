@@ -312,6 +312,17 @@ fn truncated_image_fails_with_a_clear_message() {
 /// `trusted.arborfs.drop_caches` is a control, not an attribute: setting it
 /// (as root) drops the daemon's cached pages, nothing is stored, and data
 /// written before reads back the same afterwards.
+/// Writes back and drops the daemon's page cache (the control xattr).
+fn drop_daemon_caches(mnt: &Path) {
+    let out = run_timeout(
+        Command::new("setfattr")
+            .args(["-n", "trusted.arborfs.drop_caches", "-v", "1"])
+            .arg(mnt),
+        WAIT,
+    );
+    assert!(out.status.success(), "{}", out.stderr);
+}
+
 #[test]
 fn drop_caches_xattr_is_a_control() {
     require_fuse!();
@@ -319,13 +330,7 @@ fn drop_caches_xattr_is_a_control() {
     f.mount_fg("size=64M");
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     fs::write(f.p("d"), &data).unwrap();
-    let out = run_timeout(
-        Command::new("setfattr")
-            .args(["-n", "trusted.arborfs.drop_caches", "-v", "1"])
-            .arg(&f.mnt),
-        WAIT,
-    );
-    assert!(out.status.success(), "{}", out.stderr);
+    drop_daemon_caches(&f.mnt);
     let out = run_timeout(
         Command::new("getfattr")
             .args(["-n", "trusted.arborfs.drop_caches"])
@@ -338,6 +343,28 @@ fn drop_caches_xattr_is_a_control() {
         out.stdout
     );
     assert!(fs::read(f.p("d")).unwrap() == data);
+    f.umount();
+}
+
+#[test]
+fn readahead_option_sets_the_kernel_window() {
+    require_fuse!();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: setting a mount's readahead needs root");
+        return;
+    }
+    let mut f = Fixture::new();
+    f.mount_fg("size=64M,readahead=3M");
+    let entry = common::mount_entry(&f.mnt).unwrap();
+    let dev = entry.split(' ').nth(2).unwrap();
+    let kb = fs::read_to_string(format!("/sys/class/bdi/{dev}/read_ahead_kb")).unwrap();
+    assert_eq!(kb.trim(), "3072");
+    // Sequential reads through the big window return the file.
+    let data = pattern(20 << 20, 5);
+    fs::write(f.p("big"), &data).unwrap();
+    drop_daemon_caches(&f.mnt);
+    assert!(fs::read(f.p("big")).unwrap() == data);
     f.umount();
 }
 

@@ -14,7 +14,15 @@ use arborfs::sb::FormatOptions;
 use proptest::prelude::*;
 
 fn opts() -> FsOptions {
+    opts_with(false, None)
+}
+
+/// `upper_cache`: reads keep only readahead in the page cache (as under
+/// FUSE); `readahead_bytes`: `None` is the default window.
+fn opts_with(upper_cache: bool, readahead_bytes: Option<u64>) -> FsOptions {
     FsOptions {
+        upper_cache,
+        readahead_bytes,
         engine: EngineOptions {
             background: false,
             cache_bytes: 4 << 20,
@@ -28,6 +36,10 @@ fn opts() -> FsOptions {
 }
 
 fn new_fs(size: u64) -> (Arc<MemDevice>, Fs) {
+    new_fs_with(size, opts())
+}
+
+fn new_fs_with(size: u64, opts: FsOptions) -> (Arc<MemDevice>, Fs) {
     let dev = Arc::new(MemDevice::new(size));
     Fs::format(
         dev.clone(),
@@ -38,7 +50,7 @@ fn new_fs(size: u64) -> (Arc<MemDevice>, Fs) {
         },
     )
     .unwrap();
-    let fs = Fs::open(dev.clone() as Arc<dyn Device>, opts()).unwrap();
+    let fs = Fs::open(dev.clone() as Arc<dyn Device>, opts).unwrap();
     (dev, fs)
 }
 
@@ -82,8 +94,8 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn run(ops: Vec<Op>) {
-    let (dev, mut fs) = new_fs(64 << 20);
+fn run(ops: Vec<Op>, opts: FsOptions) {
+    let (dev, mut fs) = new_fs_with(64 << 20, opts.clone());
     let me = Caller::root();
     let ino = fs
         .mknod(&me, ROOT_INO, b"f", S_IFREG | 0o644, 0)
@@ -143,13 +155,13 @@ fn run(ops: Vec<Op>) {
             Op::Fsync => fs.fsync(ino, false).unwrap(),
             Op::Reopen => {
                 fs.close().unwrap();
-                fs = reopen(&dev);
+                fs = Fs::open(dev.clone() as Arc<dyn Device>, opts.clone()).unwrap();
                 assert!(read_all(&fs, ino) == model);
             }
             Op::CrashAfterFsync => {
                 fs.fsync(ino, false).unwrap();
                 drop(fs);
-                fs = reopen(&dev);
+                fs = Fs::open(dev.clone() as Arc<dyn Device>, opts.clone()).unwrap();
                 assert!(
                     read_all(&fs, ino) == model,
                     "fsynced data lost after a crash"
@@ -174,8 +186,12 @@ fn run(ops: Vec<Op>) {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
     #[test]
-    fn file_data_matches_model(ops in prop::collection::vec(op(), 1..60)) {
-        run(ops);
+    fn file_data_matches_model(
+        ops in prop::collection::vec(op(), 1..60),
+        upper_cache in any::<bool>(),
+        readahead in prop::sample::select(vec![None, Some(0), Some(8192)]),
+    ) {
+        run(ops, opts_with(upper_cache, readahead));
     }
 }
 

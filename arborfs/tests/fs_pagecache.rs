@@ -334,3 +334,83 @@ fn opposite_copy_file_ranges_do_not_deadlock() {
     assert!(buf == pa);
     assert!(fs.copy_file_range(&me, a, 0, a, 4096, 64 << 10).is_err());
 }
+
+/// Counts device reads, to tell cache hits from disk reads.
+struct CountingDevice {
+    inner: MemDevice,
+    reads: std::sync::atomic::AtomicU64,
+}
+
+impl Device for CountingDevice {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), arborfs::device::DeviceError> {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), arborfs::device::DeviceError> {
+        self.inner.write_at(buf, offset)
+    }
+    fn flush(&self) -> Result<(), arborfs::device::DeviceError> {
+        self.inner.flush()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+}
+
+#[test]
+fn a_small_read_keeps_the_rest_of_its_unit() {
+    use arborfs::fs::compress::Compression;
+    use std::sync::atomic::Ordering::Relaxed;
+    for (compression, upper_cache) in [(None, false), (None, true), (Some("zstd"), true)] {
+        let dev = Arc::new(CountingDevice {
+            inner: MemDevice::new(64 << 20),
+            reads: Default::default(),
+        });
+        Fs::format(dev.clone(), &FormatOptions::default()).unwrap();
+        let fs = Fs::open(
+            dev.clone() as Arc<dyn Device>,
+            FsOptions {
+                upper_cache,
+                compression: compression.map(|c| Compression::parse(c).unwrap()),
+                readahead_bytes: Some(0),
+                ..opts(false, 8 << 20)
+            },
+        )
+        .unwrap();
+        let me = Caller::root();
+        let ino = file(&fs, b"f");
+        // Compressible but not constant: a repeated 1 KiB pattern.
+        let data: Vec<u8> = pattern(7, 1024).repeat(256);
+        fs.write(&me, ino, 0, &data).unwrap();
+        fs.fsync(ino, false).unwrap();
+        fs.drop_caches().unwrap();
+        let page = |i: usize| &data[i * 4096..(i + 1) * 4096];
+
+        // Page 20 is rewritten in the cache: the unit's old copy of it must
+        // not replace the dirty page.
+        let new20 = pattern(9, 4096);
+        fs.write(&me, ino, 20 * 4096, &new20).unwrap();
+
+        let mut buf = vec![0u8; 4096];
+        fs.read(ino, 3 * 4096, &mut buf).unwrap();
+        assert!(buf == page(3), "{compression:?}: page 3");
+        let after_first = dev.reads.load(Relaxed);
+        // Every other page of the first 128 KiB unit is now cached.
+        for i in (0..32).filter(|&i| i != 3) {
+            fs.read(ino, i as u64 * 4096, &mut buf).unwrap();
+            let want = if i == 20 { &new20[..] } else { page(i) };
+            assert!(buf == want, "{compression:?}: page {i}");
+        }
+        assert_eq!(
+            dev.reads.load(Relaxed),
+            after_first,
+            "{compression:?}: neighbours of a small read were read from disk again"
+        );
+        // The second unit was not touched: reading it goes to disk.
+        fs.read(ino, 40 * 4096, &mut buf).unwrap();
+        assert!(buf == page(40));
+        assert!(dev.reads.load(Relaxed) > after_first);
+        fs.close().unwrap();
+    }
+}

@@ -9,11 +9,13 @@
 //! cache), then the writeback lock (one writeback of an inode at a time),
 //! then engine locks. A writeback needs the IO lock held by its caller.
 
+use std::sync::atomic::Ordering;
+
 use arborfs_iolock::{IoMode, LockSet, PagecacheMode};
 use parking_lot::Mutex;
 
 use super::FsCore;
-use super::data::{Stored, kill_suid, put_extents, regular};
+use super::data::{Around, Stored, kill_suid, put_extents, regular};
 use super::error::{FsError, FsResult};
 use super::inode::{MAX_FILE_SIZE, read_inode, write_inode};
 use super::inode_format::InodeValue;
@@ -25,8 +27,6 @@ use crate::btree::trans::Durability;
 /// Pages a writeback run may hold: runs become extents of up to
 /// `MAX_EXTENT_BYTES` each, written together.
 const MAX_RUN_PAGES: usize = 256;
-/// Readahead beyond a sequential read, in pages (1 MiB).
-const READAHEAD_PAGES: u64 = 256;
 /// Free space kept beyond the dirty data before a buffered write falls
 /// back to writing through (so ENOSPC is reported by the write itself).
 const SPACE_MARGIN: u64 = 16 << 20;
@@ -127,23 +127,81 @@ impl FsCore {
                 j += 1;
             }
             let (a, b) = (first + i as u64, first + j as u64);
+            let readahead = self.readahead_pages.load(Ordering::Relaxed);
             let fill_end = if sequential && j == hit.len() {
-                (b + READAHEAD_PAGES).min(size_pages).max(b)
+                (b + readahead).min(size_pages).max(b)
             } else {
                 b
             };
-            let generation = self.pages.generation(ino.0);
-            let mut data = vec![0u8; ((fill_end - a) * PAGE) as usize];
-            self.read_inner(ino, a * PAGE, &mut data)?;
             // The part of [a, b) the caller asked for.
             let from = (a * PAGE).max(offset);
             let to = (b * PAGE).min(offset + n as u64);
-            out[(from - offset) as usize..(to - offset) as usize]
-                .copy_from_slice(&data[(from - a * PAGE) as usize..(to - a * PAGE) as usize]);
-            self.pages.fill(ino.0, a, &data, generation);
+            let generation = self.pages.generation(ino.0);
+            if self.opts.upper_cache {
+                // Straight into the caller's buffer; only readahead is kept.
+                let dst = &mut out[(from - offset) as usize..(to - offset) as usize];
+                let mut around = Around::new();
+                let got = self.read_inner_around(ino, from, dst, Some(&mut around))?;
+                dst[got..].fill(0);
+                self.keep_around(ino, &around, (a, b), generation);
+                if fill_end > b {
+                    self.fill_pages(ino, b, fill_end, generation)?;
+                }
+            } else {
+                with_scratch(((fill_end - a) * PAGE) as usize, |data| {
+                    let mut around = Around::new();
+                    let got = self.read_inner_around(ino, a * PAGE, data, Some(&mut around))?;
+                    self.keep_around(ino, &around, (a, fill_end), generation);
+                    // Past the on-disk end: zeros up to the in-memory size.
+                    data[got..].fill(0);
+                    out[(from - offset) as usize..(to - offset) as usize].copy_from_slice(
+                        &data[(from - a * PAGE) as usize..(to - a * PAGE) as usize],
+                    );
+                    self.pages.fill(ino.0, a, data, generation);
+                    Ok::<_, FsError>(())
+                })?;
+            }
             i = j;
         }
         Ok(n)
+    }
+
+    /// Caches the pages of `around` (verified bytes a read got beyond what
+    /// it asked for) outside `skip`, a page range the caller handles: a
+    /// small read inside a checksummed or compressed unit reads the whole
+    /// unit, and its neighbours are then free to serve.
+    fn keep_around(&self, ino: InodeNo, around: &Around, skip: (u64, u64), generation: u64) {
+        for (off, bytes) in around {
+            let (first, end) = (off / PAGE, off / PAGE + bytes.len() as u64 / PAGE);
+            let page_bytes = |p: u64| ((p - first) * PAGE) as usize;
+            if first < skip.0 {
+                let to = end.min(skip.0);
+                self.pages
+                    .fill(ino.0, first, &bytes[..page_bytes(to)], generation);
+            }
+            if end > skip.1 {
+                let from = first.max(skip.1);
+                self.pages
+                    .fill(ino.0, from, &bytes[page_bytes(from)..], generation);
+            }
+        }
+    }
+
+    /// Reads pages `[a, b)` from disk into the cache (if nothing changed the
+    /// file since `generation`).
+    fn fill_pages(&self, ino: InodeNo, a: u64, b: u64, generation: u64) -> FsResult<()> {
+        with_scratch(((b - a) * PAGE) as usize, |data| {
+            let got = self.read_inner(ino, a * PAGE, data)?;
+            data[got..].fill(0);
+            self.pages.fill(ino.0, a, data, generation);
+            Ok(())
+        })
+    }
+
+    /// Sets how far sequential reads are read ahead into the page cache
+    /// (0: not at all), e.g. when a kernel above reads ahead itself.
+    pub fn set_readahead(&self, bytes: u64) {
+        self.readahead_pages.store(bytes / PAGE, Ordering::Relaxed);
     }
 
     /// Writes `data` at `offset` into the page cache, extending the file as
@@ -465,4 +523,26 @@ impl FsCore {
 
 fn stripe(ino: InodeNo, n: usize) -> usize {
     (ino.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % n
+}
+
+/// Largest scratch buffer a thread keeps between reads.
+const SCRATCH_KEEP: usize = 4 << 20;
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Runs `f` on a buffer of `len` bytes of unspecified content, reused
+/// between calls of one thread: disk reads fill it whole, so it needs
+/// neither a fresh allocation nor zeroing each time.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    let mut buf = SCRATCH.with(|s| s.take());
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    let r = f(&mut buf[..len]);
+    if buf.len() <= SCRATCH_KEEP {
+        SCRATCH.with(|s| s.set(buf));
+    }
+    r
 }

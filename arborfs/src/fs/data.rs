@@ -10,6 +10,7 @@
 //! Units are compressed when that saves space (see [`super::compress`] for
 //! the stored layout); a read decompresses the whole unit it touches.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use arborfs_iolock::{IoMode, PagecacheMode};
@@ -155,6 +156,63 @@ pub(crate) fn overlap_sectors(keys: &[Key], start: u64, end: u64) -> u64 {
         .sum()
 }
 
+/// One extent key's share of a read: file bytes `[from, to)` come from
+/// `in_unit` bytes into the unit `ptr` points at.
+struct Piece {
+    key_start: u64,
+    key_end: u64,
+    from: u64,
+    to: u64,
+    in_unit: u64,
+    v: ExtentValue,
+    ptr: ExtentPtr,
+    /// The key is a whole raw unit inside the read: read it in place.
+    whole: bool,
+}
+
+/// Verified file bytes a read got beyond what it was asked for:
+/// `(file offset, bytes)`, whole pages.
+pub(crate) type Around = Vec<(u64, Vec<u8>)>;
+
+/// Units read ahead by `prefetch_units`: their bytes, back to back, and
+/// where each unit (by device sector) lies in them.
+struct Prefetched {
+    bytes: Vec<u8>,
+    at: HashMap<u64, (usize, usize)>,
+}
+
+impl Prefetched {
+    fn get(&self, sector: u64) -> Option<&[u8]> {
+        self.at.get(&sector).map(|&(a, b)| &self.bytes[a..b])
+    }
+}
+
+/// Zeroes the bytes of `out` (file offset `offset`) no piece covers: holes.
+fn zero_gaps(out: &mut [u8], offset: u64, pieces: &[Piece]) {
+    let mut at = 0usize;
+    for p in pieces {
+        let from = (p.from - offset) as usize;
+        if from > at {
+            out[at..from].fill(0);
+        }
+        at = at.max((p.to - offset) as usize);
+    }
+    out[at..].fill(0);
+}
+
+/// Checks a stored unit's checksum.
+fn verify_unit(v: &ExtentValue, ptr: &ExtentPtr, stored: &[u8]) -> FsResult<()> {
+    let kind = checksum_type(v.csum_type)?;
+    if checksum(kind, stored) != v.csum {
+        tracing::error!(sector = ptr.dev_sector, "data checksum mismatch");
+        return Err(FsError::Io(format!(
+            "checksum mismatch in data at sector {}",
+            ptr.dev_sector
+        )));
+    }
+    Ok(())
+}
+
 /// Data written by `store`: the keys to commit, and the pins that keep
 /// their buckets from being freed until the commit (drop after it).
 pub(crate) struct Stored {
@@ -170,6 +228,19 @@ impl FsCore {
     /// Reads from disk, bypassing the page cache, for a caller that holds
     /// the inode's IO lock; short only at the on-disk end of file.
     pub(crate) fn read_inner(&self, ino: InodeNo, offset: u64, buf: &mut [u8]) -> FsResult<usize> {
+        self.read_inner_around(ino, offset, buf, None)
+    }
+
+    /// `read_inner` that also hands back, in `around`, the other verified
+    /// bytes of the units it had to read whole (checksummed or compressed
+    /// units a small read lies inside), for the page cache to keep.
+    pub(crate) fn read_inner_around(
+        &self,
+        ino: InodeNo,
+        offset: u64,
+        buf: &mut [u8],
+        mut around: Option<&mut Around>,
+    ) -> FsResult<usize> {
         // Between our lookup and the data read, copygc may move an extent
         // or a writeback (which runs beside reads) replace it, and its old
         // bucket be reused with a new generation: then look it up again.
@@ -177,7 +248,10 @@ impl FsCore {
         loop {
             let seq = self.engine.data_move_seq();
             let mut used = Vec::new();
-            match self.read_once(ino, offset, buf, &mut used) {
+            if let Some(a) = around.as_deref_mut() {
+                a.clear();
+            }
+            match self.read_once(ino, offset, buf, &mut used, around.as_deref_mut()) {
                 Err(FsError::Io(_))
                     if tries < 16
                         && (seq % 2 == 1
@@ -212,6 +286,7 @@ impl FsCore {
         offset: u64,
         buf: &mut [u8],
         used: &mut Vec<Key>,
+        mut around: Option<&mut Around>,
     ) -> FsResult<usize> {
         let size;
         (size, *used) = self.extents_now(ino, offset, buf.len())?;
@@ -221,60 +296,131 @@ impl FsCore {
         }
         let n = (size - offset).min(buf.len() as u64) as usize;
         let out = &mut buf[..n];
-        out.fill(0);
-        let mut raw = self.prefetch_units(keys)?;
-        let mut unit: Option<(u64, Vec<u8>)> = None;
+        let end = offset + n as u64;
+        let mut pieces = Vec::with_capacity(keys.len());
         for k in keys {
             let v = ExtentValue::decode(&k.value)
                 .ok_or_else(|| FsError::Corrupted(format!("bad extent value at {:?}", k.pos)))?;
             let key_start = k.start() * SECTOR_BYTES;
+            let key_end = k.end() * SECTOR_BYTES;
             let from = key_start.max(offset);
-            let to = (k.end() * SECTOR_BYTES).min(offset + n as u64);
+            let to = key_end.min(end);
             if from >= to {
                 continue;
             }
-            let ptr = v
+            let ptr = *v
                 .ptrs
                 .first()
                 .ok_or_else(|| FsError::Corrupted("extent without pointers".into()))?;
+            // A whole raw unit inside the range is read straight into place.
+            let whole = v.compression == 0
+                && v.offset == 0
+                && u64::from(v.stored_sectors) == k.end() - k.start()
+                && key_start >= offset
+                && key_end <= end;
+            pieces.push(Piece {
+                key_start,
+                key_end,
+                from,
+                to,
+                in_unit: v.offset as u64 * SECTOR_BYTES + (from - key_start),
+                v,
+                ptr,
+                whole,
+            });
+        }
+        zero_gaps(out, offset, &pieces);
+        self.read_whole_units(out, offset, &pieces)?;
+        let partial: Vec<&Piece> = pieces.iter().filter(|p| !p.whole).collect();
+        if partial.is_empty() {
+            return Ok(n);
+        }
+        let raw = self.prefetch_units(&partial)?;
+        let mut unit: Option<(u64, Vec<u8>)> = None;
+        for p in partial {
             let data = match &unit {
-                Some((at, d)) if *at == ptr.dev_sector => d,
+                Some((at, d)) if *at == p.ptr.dev_sector => d,
                 _ => {
-                    let stored = self.read_unit(&v, ptr, raw.remove(&ptr.dev_sector))?;
-                    &unit.insert((ptr.dev_sector, stored)).1
+                    let stored = self.read_unit(&p.v, &p.ptr, raw.get(p.ptr.dev_sector))?;
+                    &unit.insert((p.ptr.dev_sector, stored)).1
                 }
             };
-            // This key's first byte is `offset` sectors into the unit.
-            let in_unit = v.offset as u64 * SECTOR_BYTES + (from - key_start);
-            let len = (to - from) as usize;
+            let len = (p.to - p.from) as usize;
             let src = data
-                .get(in_unit as usize..in_unit as usize + len)
+                .get(p.in_unit as usize..p.in_unit as usize + len)
                 .ok_or_else(|| {
-                    FsError::Corrupted(format!("extent at {:?} points past its data", k.pos))
+                    FsError::Corrupted(format!(
+                        "extent at sector {} points past its data",
+                        p.ptr.dev_sector
+                    ))
                 })?;
-            out[(from - offset) as usize..(to - offset) as usize].copy_from_slice(src);
+            out[(p.from - offset) as usize..(p.to - offset) as usize].copy_from_slice(src);
+            if let Some(around) = around.as_deref_mut() {
+                // The key's whole pages, if it reaches beyond the read.
+                let first = p.key_start.div_ceil(BLOCK) * BLOCK;
+                let last = p.key_end.min(size) / BLOCK * BLOCK;
+                if first < last && (first < offset || last > end) {
+                    let key_in_unit = p.in_unit - (p.from - p.key_start);
+                    let at = (key_in_unit + (first - p.key_start)) as usize;
+                    if let Some(bytes) = data.get(at..at + (last - first) as usize) {
+                        around.push((first, bytes.to_vec()));
+                    }
+                }
+            }
         }
         Ok(n)
     }
 
-    /// The stored bytes of every unit `keys` point at, keyed by device
-    /// sector, read with one device read per physically contiguous run
-    /// (sequentially written files read in large IOs, not unit by unit).
-    fn prefetch_units(&self, keys: &[Key]) -> FsResult<HashMap<u64, Vec<u8>>> {
-        let mut units: Vec<(u64, u64)> = Vec::new();
-        for k in keys {
-            let Some(v) = ExtentValue::decode(&k.value) else {
-                continue; // reported by the read itself
-            };
-            if let Some(p) = v.ptrs.first()
-                && units.last().is_none_or(|u| u.0 != p.dev_sector)
+    /// Reads the `whole` pieces (raw units that lie entirely in `out`)
+    /// directly into `out`, one device read per run that is contiguous both
+    /// on disk and in the file, and verifies each unit in place.
+    fn read_whole_units(&self, out: &mut [u8], offset: u64, pieces: &[Piece]) -> FsResult<()> {
+        let whole: Vec<&Piece> = pieces.iter().filter(|p| p.whole).collect();
+        let mut i = 0;
+        while i < whole.len() {
+            let first = whole[i];
+            let mut j = i + 1;
+            let mut sector_end = first.ptr.dev_sector + u64::from(first.v.stored_sectors);
+            while j < whole.len()
+                && whole[j].ptr.dev_sector == sector_end
+                && whole[j].from == whole[j - 1].to
+                && sector_end - first.ptr.dev_sector < PREFETCH_MAX_SECTORS
             {
-                units.push((p.dev_sector, v.stored_sectors as u64));
+                sector_end += u64::from(whole[j].v.stored_sectors);
+                j += 1;
+            }
+            for p in &whole[i..j] {
+                self.check_generation(&p.ptr)?;
+            }
+            let run = &mut out[(first.from - offset) as usize..(whole[j - 1].to - offset) as usize];
+            self.engine.read_data(first.ptr.dev_sector, run)?;
+            for p in &whole[i..j] {
+                let at = (p.from - first.from) as usize;
+                verify_unit(&p.v, &p.ptr, &run[at..at + (p.to - p.from) as usize])?;
+            }
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// The stored bytes of every unit `pieces` point at, read with one
+    /// device read per physically contiguous run (sequentially written
+    /// files read in large IOs, not unit by unit).
+    fn prefetch_units(&self, pieces: &[&Piece]) -> FsResult<Prefetched> {
+        let mut units: Vec<(u64, u64)> = Vec::new();
+        for p in pieces {
+            if units.last().is_none_or(|u| u.0 != p.ptr.dev_sector) {
+                units.push((p.ptr.dev_sector, u64::from(p.v.stored_sectors)));
             }
         }
         units.sort_unstable();
         units.dedup_by_key(|u| u.0);
-        let mut out = HashMap::with_capacity(units.len());
+        let total: u64 = units.iter().map(|u| u.1).sum();
+        let mut got = Prefetched {
+            bytes: vec![0u8; (total * SECTOR_BYTES) as usize],
+            at: HashMap::with_capacity(units.len()),
+        };
+        let mut filled = 0usize;
         let mut i = 0;
         while i < units.len() {
             let mut j = i + 1;
@@ -283,27 +429,21 @@ impl FsCore {
                 end += units[j].1;
                 j += 1;
             }
-            let mut buf = vec![0u8; ((end - units[i].0) * SECTOR_BYTES) as usize];
-            self.engine.read_data(units[i].0, &mut buf)?;
-            for &(sector, len) in units[i..j].iter().rev() {
-                let at = ((sector - units[i].0) * SECTOR_BYTES) as usize;
-                let tail = buf.split_off(at);
-                debug_assert_eq!(tail.len() as u64, len * SECTOR_BYTES);
-                out.insert(sector, tail);
+            let len = ((end - units[i].0) * SECTOR_BYTES) as usize;
+            self.engine
+                .read_data(units[i].0, &mut got.bytes[filled..filled + len])?;
+            for &(sector, sectors) in &units[i..j] {
+                let at = filled + ((sector - units[i].0) * SECTOR_BYTES) as usize;
+                got.at
+                    .insert(sector, (at, at + (sectors * SECTOR_BYTES) as usize));
             }
+            filled += len;
             i = j;
         }
-        Ok(out)
+        Ok(got)
     }
 
-    /// Verifies one stored unit (read now unless `raw` holds its bytes);
-    /// returns it uncompressed.
-    fn read_unit(
-        &self,
-        v: &ExtentValue,
-        ptr: &ExtentPtr,
-        raw: Option<Vec<u8>>,
-    ) -> FsResult<Vec<u8>> {
+    fn check_generation(&self, ptr: &ExtentPtr) -> FsResult<()> {
         let bucket = self.engine.geometry().bucket_of(ptr.dev_sector);
         let gen_now = self.engine.bucket(bucket)?.generation;
         if gen_now != ptr.generation {
@@ -312,25 +452,25 @@ impl FsCore {
                 ptr.generation
             )));
         }
+        Ok(())
+    }
+
+    /// Verifies one stored unit (read now unless `raw` holds its bytes);
+    /// returns it uncompressed.
+    fn read_unit(&self, v: &ExtentValue, ptr: &ExtentPtr, raw: Option<&[u8]>) -> FsResult<Vec<u8>> {
+        self.check_generation(ptr)?;
         let want = v.stored_sectors as usize * SECTOR_BYTES as usize;
-        let data = match raw {
-            Some(d) if d.len() == want => d,
+        let data: Cow<'_, [u8]> = match raw {
+            Some(d) if d.len() == want => Cow::Borrowed(d),
             _ => {
                 let mut d = vec![0u8; want];
                 self.engine.read_data(ptr.dev_sector, &mut d)?;
-                d
+                Cow::Owned(d)
             }
         };
-        let kind = checksum_type(v.csum_type)?;
-        if checksum(kind, &data) != v.csum {
-            tracing::error!(sector = ptr.dev_sector, "data checksum mismatch");
-            return Err(FsError::Io(format!(
-                "checksum mismatch in data at sector {}",
-                ptr.dev_sector
-            )));
-        }
+        verify_unit(v, ptr, &data)?;
         if v.compression == 0 {
-            return Ok(data);
+            return Ok(data.into_owned());
         }
         let len = v.uncompressed_sectors as usize * SECTOR_BYTES as usize;
         compress::decompress_unit(v.compression, &data, len).map_err(|e| {

@@ -61,6 +61,14 @@ pub struct FsOptions {
     pub compression: Option<compress::Compression>,
     /// Byte limit of the page cache (0: the default, 64 MiB).
     pub page_cache_bytes: usize,
+    /// Bytes read ahead of a sequential reader into the page cache (`None`:
+    /// the default, 1 MiB; 0: none). Changed later by [`FsCore::set_readahead`].
+    pub readahead_bytes: Option<u64>,
+    /// A cache above this layer keeps what reads return (the kernel's page
+    /// cache under FUSE): pages read for a caller are then not cached here
+    /// too (only readahead and written pages are), which saves a copy and
+    /// the memory of a second cached copy.
+    pub upper_cache: bool,
 }
 
 /// Space and inode counts for `statfs`.
@@ -170,7 +178,12 @@ pub struct FsCore {
     /// One writeback of an inode at a time (striped; a leaf lock).
     writeback_locks: Vec<Mutex<()>>,
     pub(crate) pages: pagecache::PageCache,
+    /// Readahead of sequential reads, in pages.
+    readahead_pages: AtomicU64,
 }
+
+/// Readahead of sequential reads unless `FsOptions::readahead_bytes` says.
+pub const DEFAULT_READAHEAD_BYTES: u64 = 1 << 20;
 
 /// Dirty data older than this is written back by the background thread.
 pub const DIRTY_EXPIRE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -247,11 +260,14 @@ impl Fs {
             engine,
             next_ino: AtomicU64::new(last.max(ROOT_INO.0) + 1),
             open_counts: Mutex::new(HashMap::new()),
-            opts,
             generation: AtomicU64::new(last),
             locks: arborfs_iolock::IoLockTable::new(),
             writeback_locks: (0..64).map(|_| Mutex::new(())).collect(),
             pages: pagecache::PageCache::new(page_cache_bytes),
+            readahead_pages: AtomicU64::new(
+                opts.readahead_bytes.unwrap_or(DEFAULT_READAHEAD_BYTES) / pagecache::PAGE,
+            ),
+            opts,
         };
         if !core.opts.engine.read_only {
             core.reap_orphans()?;
