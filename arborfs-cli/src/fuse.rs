@@ -363,6 +363,12 @@ impl Filesystem for ArborFuse {
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
+            // We clear setuid/setgid on write, truncate and chown ourselves
+            // (the library does, as a kernel filesystem would). In return
+            // the kernel marks the superblock SB_NOSEC, and stops asking
+            // for security.capability (a GETXATTR round trip) before every
+            // write to a file that has no such attribute.
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ] {
             // Old kernels without one of these still work.
             let _ = config.add_capabilities(cap);
@@ -397,7 +403,7 @@ impl Filesystem for ArborFuse {
         atime: Option<fuser::TimeOrNow>,
         mtime: Option<fuser::TimeOrNow>,
         ctime: Option<SystemTime>,
-        fh: Option<FileHandle>,
+        _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
@@ -423,17 +429,10 @@ impl Filesystem for ArborFuse {
         let r = (|| {
             let mut attr = None;
             if let Some(size) = size {
-                // ftruncate: the kernel checked write access when the file
-                // was opened, which the mode may no longer grant.
-                let size_caller = if fh.is_some() && !who.is_root() {
-                    Caller {
-                        uid: 0,
-                        ..who.clone()
-                    }
-                } else {
-                    who.clone()
-                };
-                attr = Some(self.fs.set_size(&size_caller, ino, size)?);
+                // The kernel checked write access (at open, for ftruncate).
+                // Clearing setuid/setgid is ours (FUSE_HANDLE_KILLPRIV_V2):
+                // set_size does it for callers other than root.
+                attr = Some(self.fs.set_size(&who, ino, size)?);
             }
             if others || attr.is_none() {
                 attr = Some(if others {

@@ -454,10 +454,14 @@ fn trim_extents(
     );
     let mut overlapping = Vec::new();
     let mut cursor = lo;
+    // Keys past `end` are decoded for nothing: start with about as many as
+    // 4 KiB extents would fill the range, and grow.
+    let mut limit = ((end - start) / 8 + 2).min(128) as usize;
     'scan: loop {
         let mut batch = Vec::new();
-        tree.scan(ctx, cursor, hi, 128, &mut batch)?;
-        let full = batch.len() == 128;
+        tree.scan(ctx, cursor, hi, limit, &mut batch)?;
+        let full = batch.len() == limit;
+        limit = (limit * 2).min(128);
         for k in batch {
             cursor = match k.pos.successor() {
                 Some(s) => s,

@@ -15,7 +15,7 @@ use arborfs_iolock::{IoMode, LockSet, PagecacheMode};
 use parking_lot::Mutex;
 
 use super::FsCore;
-use super::data::{Around, Stored, kill_suid, put_extents, regular};
+use super::data::{Around, Stored, add_extents, kill_suid, regular};
 use super::error::{FsError, FsResult};
 use super::inode::{MAX_FILE_SIZE, read_inode, write_inode};
 use super::inode_format::InodeValue;
@@ -27,6 +27,10 @@ use crate::btree::trans::Durability;
 /// Pages a writeback run may hold: runs become extents of up to
 /// `MAX_EXTENT_BYTES` each, written together.
 const MAX_RUN_PAGES: usize = 256;
+/// Writeback commits at most this many runs, or this many bytes of them,
+/// per transaction.
+const RUNS_PER_TX: usize = 64;
+const BYTES_PER_TX: usize = 4 << 20;
 /// Free space kept beyond the dirty data before a buffered write falls
 /// back to writing through (so ENOSPC is reported by the write itself).
 const SPACE_MARGIN: u64 = 16 << 20;
@@ -433,14 +437,30 @@ impl FsCore {
             Err(e) => return Err(e),
         };
         let comp = self.effective_compression(&v);
-        for run in &runs {
-            let start = run.first * PAGE;
-            let end = start + run.data.len() as u64;
-            let Stored { keys, _pins } = self.store(ino, start, &run.data, comp)?;
+        // Runs are committed in batches: scattered small writes would
+        // otherwise cost a transaction per page.
+        let mut i = 0;
+        while i < runs.len() {
+            let mut stored = Vec::new();
+            let mut bytes = 0;
+            while i < runs.len() && stored.len() < RUNS_PER_TX && bytes < BYTES_PER_TX {
+                let run = &runs[i];
+                let start = run.first * PAGE;
+                stored.push((start, self.store(ino, start, &run.data, comp)?, run));
+                bytes += run.data.len();
+                i += 1;
+            }
             self.tx(Durability::Lazy, |tx| {
-                let mut v = put_extents(tx, ino, start, end, &keys)?;
+                let mut v = read_inode(tx, ino)?;
+                regular(&v)?;
+                let mut end_max = 0;
+                for (start, Stored { keys, .. }, run) in &stored {
+                    let end = start + run.data.len() as u64;
+                    add_extents(tx, ino, *start, end, keys, &mut v)?;
+                    end_max = end_max.max(end);
+                }
                 if let Some(size) = meta.size {
-                    v.size = v.size.max(size.min(end));
+                    v.size = v.size.max(size.min(end_max));
                 }
                 if let Some(t) = meta.times {
                     v.mtime = t;
@@ -449,7 +469,9 @@ impl FsCore {
                 write_inode(tx, ino, &v);
                 Ok(())
             })?;
-            self.pages.run_written(ino.0, run);
+            for (_, _, run) in &stored {
+                self.pages.run_written(ino.0, run);
+            }
         }
         if meta.size.is_some() || meta.times.is_some() {
             self.tx(Durability::Lazy, |tx| {

@@ -109,9 +109,13 @@ pub(crate) fn extents_in(
     let (lo, hi) = extent_range(ino, start, end);
     let mut out = Vec::new();
     let mut cursor = lo;
+    // Keys past `end` are decoded for nothing: start with about as many as
+    // 4 KiB extents would fill the range, and grow.
+    let mut limit = (end.saturating_sub(start) / 8 + 2).min(256) as usize;
     loop {
-        let batch = tx.scan(BtreeId::Extents, cursor, hi, 256)?;
-        let full = batch.len() == 256;
+        let batch = tx.scan(BtreeId::Extents, cursor, hi, limit)?;
+        let full = batch.len() == limit;
+        limit = (limit * 2).min(256);
         for k in batch {
             cursor = k.pos.successor().unwrap_or(hi);
             if k.pos.snapshot != ROOT_SNAPSHOT {
@@ -140,13 +144,27 @@ pub(crate) fn put_extents(
 ) -> FsResult<InodeValue> {
     let mut v = read_inode(tx, ino)?;
     regular(&v)?;
+    add_extents(tx, ino, start, end, keys, &mut v)?;
+    Ok(v)
+}
+
+/// `put_extents` into an inode value the caller read (and writes): for
+/// several disjoint ranges in one transaction.
+pub(crate) fn add_extents(
+    tx: &mut Transaction<'_>,
+    ino: InodeNo,
+    start: u64,
+    end: u64,
+    keys: &[Key],
+    v: &mut InodeValue,
+) -> FsResult<()> {
     let (s, e) = (start / SECTOR_BYTES, end / SECTOR_BYTES);
     let old = overlap_sectors(&extents_in(tx, ino, s, e)?, s, e);
     for k in keys {
         tx.put(BtreeId::Extents, k.clone());
     }
     v.sectors = v.sectors + (e - s) - old;
-    Ok(v)
+    Ok(())
 }
 
 /// Sectors of `keys` that fall inside `[start, end)`.
