@@ -368,6 +368,56 @@ fn readahead_option_sets_the_kernel_window() {
     f.umount();
 }
 
+/// The filesystem, not the kernel, clears setuid/setgid (FUSE
+/// HANDLE_KILLPRIV_V2): a write or truncate by another user clears them,
+/// one by root keeps them.
+#[test]
+fn writes_and_truncates_by_others_clear_setuid() {
+    use std::os::unix::process::CommandExt;
+    require_fuse!();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to act as another user");
+        return;
+    }
+    let mut f = Fixture::new();
+    f.mount_fg("size=64M");
+    fs::set_permissions(&f.mnt, fs::Permissions::from_mode(0o777)).unwrap();
+    let p = f.p("prog");
+    fs::write(&p, b"#!/bin/sh\n").unwrap();
+    std::os::unix::fs::chown(&p, Some(1000), Some(1000)).unwrap();
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let as_user = |uid: u32, script: &str| {
+        let out = run_timeout(
+            Command::new("sh")
+                .args(["-c", script, "sh"])
+                .arg(&p)
+                .uid(uid)
+                .gid(uid),
+            WAIT,
+        );
+        assert!(out.status.success(), "{script}: {}", out.stderr);
+    };
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o6755)).unwrap();
+    as_user(1000, "printf x >> \"$1\"");
+    assert_eq!(
+        mode(&p),
+        0o755,
+        "a write by the owner (not root) keeps setuid"
+    );
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o6755)).unwrap();
+    as_user(1000, "truncate -s 1 \"$1\"");
+    assert_eq!(
+        mode(&p),
+        0o755,
+        "a truncate by the owner (not root) keeps setuid"
+    );
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o6755)).unwrap();
+    as_user(0, "printf y >> \"$1\"; truncate -s 3 \"$1\"");
+    assert_eq!(mode(&p), 0o6755, "root's write and truncate clear setuid");
+    f.umount();
+}
+
 #[test]
 fn mkfs_and_fsck_names() {
     let dir = tempfile::tempdir().unwrap();
