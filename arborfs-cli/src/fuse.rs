@@ -44,7 +44,7 @@ const MAX_WRITE: u32 = 1 << 20;
 
 /// The kernel's readahead for a mount unless `-o readahead=` says: large
 /// enough that sequential reads keep several FUSE reads in flight.
-pub const DEFAULT_KERNEL_READAHEAD: u64 = 2 << 20;
+pub const DEFAULT_KERNEL_READAHEAD: u64 = 4 << 20;
 const MAX_KERNEL_READAHEAD: u64 = 64 << 20;
 
 thread_local! {
