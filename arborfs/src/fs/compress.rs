@@ -132,6 +132,30 @@ pub(crate) fn parse_xattr(value: &[u8]) -> FsResult<Compression> {
         })
 }
 
+/// Bytes of each sample `likely_incompressible` compresses.
+const SAMPLE_BYTES: usize = 4096;
+
+/// Whether a quick lz4 pass over three samples (start, middle, end) saves
+/// almost nothing: then compressing the whole unit (zstd especially) would
+/// be wasted work, as for media, archives or encrypted data. Units too small
+/// to sample are always tried.
+fn likely_incompressible(input: &[u8]) -> bool {
+    if input.len() < 8 * SAMPLE_BYTES {
+        return false;
+    }
+    let starts = [0, input.len() / 2, input.len() - SAMPLE_BYTES];
+    let mut buf = vec![0u8; lz4_flex::block::get_maximum_output_size(SAMPLE_BYTES)];
+    let packed: usize = starts
+        .iter()
+        .map(|&at| {
+            lz4_flex::block::compress_into(&input[at..at + SAMPLE_BYTES], &mut buf)
+                .unwrap_or(SAMPLE_BYTES)
+        })
+        .sum();
+    // Less than 3 % saved on the samples.
+    packed * 100 >= 3 * SAMPLE_BYTES * 97
+}
+
 /// Compresses one unit for storing. Returns the stored bytes (header,
 /// stream, zero padding; a multiple of 512) and the algorithm's on-disk
 /// number, or `None` when the unit is better stored raw: compression is off,
@@ -143,6 +167,9 @@ pub fn compress_unit(c: Compression, input: &[u8]) -> Option<(Vec<u8>, u8)> {
         return None;
     }
     let limit = (input_sectors - 1) * sector;
+    if c.kind == CompressionType::None || likely_incompressible(input) {
+        return None;
+    }
     let mut out = vec![0u8; HEADER_BYTES];
     match c.kind {
         CompressionType::None => return None,
@@ -227,6 +254,21 @@ mod tests {
                 x as u8
             })
             .collect()
+    }
+
+    #[test]
+    fn incompressible_units_are_recognized_by_samples() {
+        assert!(likely_incompressible(&random(128 << 10)));
+        assert!(!likely_incompressible(&text(128 << 10)));
+        // Random bytes with compressible text at the middle sample: tried.
+        let mut mixed = random(128 << 10);
+        mixed[60 << 10..70 << 10].copy_from_slice(&text(10 << 10));
+        assert!(!likely_incompressible(&mixed));
+        // Too small to sample: always tried.
+        assert!(!likely_incompressible(&random(16 << 10)));
+        let zstd = Compression::parse("zstd").unwrap();
+        assert!(compress_unit(zstd, &random(128 << 10)).is_none());
+        assert!(compress_unit(zstd, &text(128 << 10)).is_some());
     }
 
     #[test]
