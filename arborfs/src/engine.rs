@@ -279,12 +279,21 @@ impl Inner {
     }
 }
 
+/// Dirty-memory estimate of one journaled change: a put of a value of
+/// `put_value_len` bytes, or (`None`) a delete or root.
+pub(crate) fn change_bytes(put_value_len: Option<usize>) -> usize {
+    match put_value_len {
+        Some(n) => 64 + n,
+        None => 48,
+    }
+}
+
 pub(crate) fn items_bytes(items: &[JournalItem]) -> usize {
     items
         .iter()
         .map(|i| match i {
-            JournalItem::Put { key, .. } => 64 + key.value.len(),
-            _ => 48,
+            JournalItem::Put { key, .. } => change_bytes(Some(key.value.len())),
+            _ => change_bytes(None),
         })
         .sum()
 }
@@ -532,11 +541,11 @@ impl Engine {
                                 .tree(*btree)
                                 .write()
                                 .insert(&ctx, key.pos, Val::from_key(key))?;
-                            dirty += 64 + key.value.len();
+                            dirty += change_bytes(Some(key.value.len()));
                         }
                         JournalItem::Delete { btree, pos } => {
                             inner.tree(*btree).write().remove(&ctx, *pos)?;
-                            dirty += 48;
+                            dirty += change_bytes(None);
                         }
                         JournalItem::Root { .. } => {}
                     }
