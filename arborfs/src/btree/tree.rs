@@ -529,9 +529,7 @@ impl TreeState {
             let c = find_child(&g, pos)?;
             // The child's pointer is rewritten at the next checkpoint (a
             // node written in full rewrites every pointer anyway).
-            if !g.needs_full_write {
-                g.dirty.insert(c.key);
-            }
+            g.note_changed(c.key);
             drop(g);
             break (n, c);
         };
@@ -1010,9 +1008,7 @@ impl TreeState {
                     Some(p) => {
                         g.insert(key, ptr_val(p));
                     }
-                    None => {
-                        g.dirty.insert(key);
-                    }
+                    None => g.note_changed(key),
                 }
             }
         })?;
