@@ -106,6 +106,8 @@ impl Val {
 
 /// Estimated heap bytes of one key held in memory (for the cache limit).
 const KEY_MEM_OVERHEAD: usize = 64;
+/// Estimated heap bytes of one entry of `Node::dirty`.
+const DIRTY_MEM_OVERHEAD: usize = 32;
 
 pub struct Node {
     pub btree: BtreeId,
@@ -130,6 +132,9 @@ pub struct Node {
     pub evicted: bool,
     /// Bsets written to the node's current location.
     pub bsets: u16,
+    /// Bytes this node is charged in the cache's total (see
+    /// `NodeCache::recharge`); 0 while it is not in the cache.
+    pub charged: usize,
 }
 
 impl Node {
@@ -147,6 +152,7 @@ impl Node {
             journal_seq: 0,
             evicted: false,
             bsets: 0,
+            charged: 0,
         }
     }
 
@@ -159,7 +165,10 @@ impl Node {
     }
 
     pub fn mem_bytes(&self) -> usize {
-        self.live_bytes + self.keys.len() * KEY_MEM_OVERHEAD + 256
+        self.live_bytes
+            + self.keys.len() * KEY_MEM_OVERHEAD
+            + self.dirty.len() * DIRTY_MEM_OVERHEAD
+            + 256
     }
 
     pub fn insert(&mut self, pos: Pos, val: Val) -> Option<Val> {

@@ -275,11 +275,13 @@ impl<'e> Transaction<'e> {
         let ctx = inner.ctx();
         // Load what the updates will change while an error can still abort
         // cleanly; after this point an error leaves memory half-updated and
-        // stops the filesystem from writing.
+        // stops the filesystem from writing. The loaded nodes stay pinned
+        // (not evictable) until the updates are applied.
+        let mut pins = Vec::with_capacity(self.updates.len() * 3);
         for (btree, u) in &self.updates {
             let tree = write_guards[btree.index()].as_ref().expect("locked");
             let (start, end) = touch_range(*btree, u);
-            tree.touch(&ctx, start, end)?;
+            tree.touch(&ctx, start, end, &mut pins)?;
         }
         let mut log = Logged {
             batch: ItemBatch::with_capacity(self.updates.len() * 48 + 256),
@@ -293,6 +295,7 @@ impl<'e> Transaction<'e> {
                 return Err(e);
             }
         };
+        drop(pins);
         for g in write_guards.iter_mut().flatten() {
             g.mod_seq += 1;
         }
