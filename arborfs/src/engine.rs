@@ -30,6 +30,11 @@ use crate::sb::{CleanState, FormatOptions, Superblock};
 /// Default byte limit of the node cache.
 pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
 
+/// With the node cache over its limit after evicting clean nodes, a
+/// checkpoint waits for changes worth `limit / this` bytes (unless the cache
+/// passes 1.5 times its limit).
+pub const CACHE_CHECKPOINT_MIN_DIVISOR: usize = 64;
+
 /// How an engine is opened.
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
@@ -170,11 +175,28 @@ impl Inner {
         }
     }
 
+    /// Whether a checkpoint is due: the journal is half full, the changes
+    /// since the last checkpoint pass an eighth of the cache limit, or the
+    /// cache is over its limit with only dirty nodes left to drop (a
+    /// checkpoint makes them clean, so evictable).
+    ///
+    /// Clean nodes are evicted first. Dirty nodes may take the cache up to
+    /// half its limit past it before a checkpoint is forced; below that, a
+    /// checkpoint waits until the changes since the last one reach
+    /// [`CACHE_CHECKPOINT_MIN_DIVISOR`]th of the limit, so a tree larger
+    /// than the cache does not checkpoint on every commit.
     pub fn wants_checkpoint(&self) -> bool {
-        self.journal.fill_ratio() > 0.5
-            || self.dirty_bytes.load(Ordering::Relaxed) * 4 > self.cache.limit() / 2
-            || (self.cache.used() > self.cache.limit()
-                && self.dirty_bytes.load(Ordering::Relaxed) > 0)
+        let dirty = self.dirty_bytes.load(Ordering::Relaxed);
+        let limit = self.cache.limit();
+        if self.journal.fill_ratio() > 0.5 || dirty > limit / 8 {
+            return true;
+        }
+        if dirty == 0 || self.cache.used() <= limit {
+            return false;
+        }
+        self.cache.evict_if_needed();
+        let used = self.cache.used();
+        used > limit + limit / 2 || (used > limit && dirty >= limit / CACHE_CHECKPOINT_MIN_DIVISOR)
     }
 
     pub fn dirty_nodes(&self) -> Result<usize> {
