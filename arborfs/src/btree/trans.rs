@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 
 use parking_lot::RwLockWriteGuard;
 
+use super::cache::NodeRef;
 use super::node::Val;
 use super::tree::{TreeCtx, TreeState};
 use crate::alloc::{BucketDeltas, apply_bucket_deltas};
@@ -277,17 +278,28 @@ impl<'e> Transaction<'e> {
         // cleanly; after this point an error leaves memory half-updated and
         // stops the filesystem from writing. The loaded nodes stay pinned
         // (not evictable) until the updates are applied.
+        // A point update also remembers its leaf (the last node pinned).
         let mut pins = Vec::with_capacity(self.updates.len() * 3);
+        let mut leaves = Vec::with_capacity(self.updates.len());
         for (btree, u) in &self.updates {
             let tree = write_guards[btree.index()].as_ref().expect("locked");
             let (start, end) = touch_range(*btree, u);
             tree.touch(&ctx, start, end, &mut pins)?;
+            leaves.push((start == end).then(|| pins.len() - 1));
         }
         let mut log = Logged {
             batch: ItemBatch::with_capacity(self.updates.len() * 48 + 256),
             dirty_bytes: 0,
         };
-        let r = apply_all(inner, &ctx, &mut write_guards, &self.updates, &mut log);
+        let leaves: Vec<Option<&NodeRef>> = leaves.iter().map(|l| l.map(|p| &pins[p])).collect();
+        let r = apply_all(
+            inner,
+            &ctx,
+            &mut write_guards,
+            &self.updates,
+            &leaves,
+            &mut log,
+        );
         let emptied = match r {
             Ok(e) => e,
             Err(e) => {
@@ -295,6 +307,7 @@ impl<'e> Transaction<'e> {
                 return Err(e);
             }
         };
+        drop(leaves);
         drop(pins);
         for g in write_guards.iter_mut().flatten() {
             g.mod_seq += 1;
@@ -380,11 +393,12 @@ fn apply_all(
     ctx: &TreeCtx,
     guards: &mut [Option<RwLockWriteGuard<'_, TreeState>>],
     updates: &[(BtreeId, Update)],
+    leaves: &[Option<&NodeRef>],
     log: &mut Logged,
 ) -> Result<Vec<u64>> {
     let geo = inner.alloc.lock().geo;
     let mut deltas = BucketDeltas::default();
-    for (btree, u) in updates {
+    for (i, (btree, u)) in updates.iter().enumerate() {
         let tree = guards[btree.index()].as_mut().expect("locked");
         let trigger = btree.has_alloc_trigger();
         match u {
@@ -408,7 +422,7 @@ fn apply_all(
                 log.put(*btree, k);
             }
             Update::Put(k) => {
-                tree.insert(ctx, k.pos, Val::from_key(k))?;
+                tree.insert_in(ctx, leaves[i], k.pos, Val::from_key(k))?;
                 log.put(*btree, k);
             }
             Update::Delete(p) => {

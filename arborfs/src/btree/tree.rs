@@ -187,16 +187,6 @@ fn child_min(node: &Node, key: Pos) -> Pos {
     }
 }
 
-/// The child of interior `node` whose range holds `pos`.
-fn find_child(node: &Node, pos: Pos) -> Result<ChildRef> {
-    let (key, ptr) = child_for(node, pos)?;
-    Ok(ChildRef {
-        key,
-        ptr,
-        min: child_min(node, key),
-    })
-}
-
 /// The node at `ptr` (whose range ends at `max`), locked for writing:
 /// `hint` if that is the node and it is still cached, else loaded through
 /// the cache (`min`, the range's lower bound, is only computed then).
@@ -278,30 +268,28 @@ impl TreeState {
         pos: Pos,
         f: impl FnOnce(&Val) -> R,
     ) -> Result<Option<R>> {
-        let g = self.leaf_for(ctx, pos, None)?;
+        let g = self.leaf_for(ctx, pos, |_| {})?;
         Ok(g.keys.get(&pos).map(f))
     }
 
-    /// A read guard on the leaf whose range holds `pos`; every node on the
-    /// way (the leaf too) is added to `pins` if given.
+    /// A read guard on the leaf whose range holds `pos`; `visit` sees every
+    /// node on the way, the leaf last.
     ///
     /// Each level takes one read lock: the child's guard is taken (and its
     /// sequence checked) while the parent's is still held, as in `scan_rec`.
-    #[inline]
+    #[inline(always)]
     fn leaf_for(
         &self,
         ctx: &TreeCtx,
         pos: Pos,
-        mut pins: Option<&mut Vec<NodeRef>>,
+        mut visit: impl FnMut(&NodeReadGuard),
     ) -> Result<NodeReadGuard> {
         let mut g = match self.root_guard() {
             Some(g) => g,
             None => ctx.load(self.id, self.root, Pos::MIN, Pos::MAX)?.read_arc(),
         };
         loop {
-            if let Some(p) = pins.as_deref_mut() {
-                p.push(NodeReadGuard::rwlock(&g).clone());
-            }
+            visit(&g);
             if g.is_leaf() {
                 return Ok(g);
             }
@@ -312,7 +300,7 @@ impl TreeState {
                     format!("no child covers {pos:?}"),
                 )
             })?;
-            let cptr = child_ptr(&g, *key, val)?;
+            let (key, cptr) = (*key, child_ptr(&g, *key, val)?);
             // The child's lower bound is only needed to validate a read from disk.
             let cached = ctx.cache.get(cptr.offset).and_then(|c| {
                 let cg = c.read_arc();
@@ -321,9 +309,9 @@ impl TreeState {
             g = match cached {
                 Some(cg) => cg,
                 None => {
-                    let c = find_child(&g, pos)?;
+                    let min = child_min(&g, key);
                     drop(g);
-                    ctx.load(self.id, c.ptr, c.min, c.key)?.read_arc()
+                    ctx.load(self.id, cptr, min, key)?.read_arc()
                 }
             };
         }
@@ -487,7 +475,8 @@ impl TreeState {
 
     /// Loads every node on the paths to `[start, end]` so a following change
     /// of that range needs no I/O, and adds them to `pins`: the cache does
-    /// not evict a node while a reference to it is held.
+    /// not evict a node while a reference to it is held. For a single
+    /// position the leaf is pushed last.
     pub fn touch(
         &self,
         ctx: &TreeCtx,
@@ -497,9 +486,15 @@ impl TreeState {
     ) -> Result<()> {
         if start == end {
             // One position: the path of a lookup.
-            return self.leaf_for(ctx, start, Some(pins)).map(|_| ());
+            return self.touch_point(ctx, start, pins);
         }
         self.touch_rec(ctx, self.root, Pos::MIN, Pos::MAX, start, end, pins)
+    }
+
+    /// [`TreeState::touch`] of one position: the path of a lookup.
+    fn touch_point(&self, ctx: &TreeCtx, pos: Pos, pins: &mut Vec<NodeRef>) -> Result<()> {
+        self.leaf_for(ctx, pos, |g| pins.push(NodeReadGuard::rwlock(g).clone()))
+            .map(|_| ())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -523,7 +518,7 @@ impl TreeState {
         if start == end {
             drop(g);
             pins.push(n);
-            return self.leaf_for(ctx, start, Some(pins)).map(|_| ());
+            return self.touch_point(ctx, start, pins);
         }
         let children = children_in_range(&g, start, end)?;
         drop(g);
@@ -548,6 +543,41 @@ impl TreeState {
         self.modify(ctx, pos, &mut |n: &mut Node| {
             n.insert(pos, val.take().expect("called once"))
         })
+    }
+
+    /// [`TreeState::insert`] straight into `leaf` (a node a commit's touch
+    /// phase found for `pos`) when it still is the leaf whose range holds
+    /// `pos` and it is dirty already: then its parent and every node above
+    /// are marked dirty for it, and the descent would change nothing but
+    /// the leaf. A change that makes the leaf need a split or merge is
+    /// followed by a regular descent that does it.
+    pub fn insert_in(
+        &mut self,
+        ctx: &TreeCtx,
+        leaf: Option<&NodeRef>,
+        pos: Pos,
+        val: Val,
+    ) -> Result<Option<Val>> {
+        let Some(leaf) = leaf else {
+            return self.insert(ctx, pos, val);
+        };
+        let mut g = leaf.write();
+        if !(g.is_leaf() && !g.evicted && g.is_dirty() && g.min <= pos && pos <= g.max) {
+            drop(g);
+            return self.insert(ctx, pos, val);
+        }
+        if val.value.len() > ctx.max_value_bytes() {
+            drop(g);
+            return self.insert(ctx, pos, val);
+        }
+        let old = g.insert(pos, val);
+        ctx.cache.recharge(&mut g);
+        let bytes = g.live_bytes;
+        drop(g);
+        if bytes > ctx.split_threshold() || bytes < ctx.merge_threshold() {
+            self.modify(ctx, pos, &mut |_| None)?;
+        }
+        Ok(old)
     }
 
     /// Removes the key at `pos`; returns the old value.
