@@ -30,6 +30,11 @@ use crate::sb::{CleanState, FormatOptions, Superblock};
 /// Default byte limit of the node cache.
 pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
 
+/// With the node cache over its limit after evicting clean nodes, a
+/// checkpoint waits for changes worth `limit / this` bytes (unless the cache
+/// passes 1.5 times its limit).
+pub const CACHE_CHECKPOINT_MIN_DIVISOR: usize = 64;
+
 /// How an engine is opened.
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
@@ -170,11 +175,28 @@ impl Inner {
         }
     }
 
+    /// Whether a checkpoint is due: the journal is half full, the changes
+    /// since the last checkpoint pass an eighth of the cache limit, or the
+    /// cache is over its limit with only dirty nodes left to drop (a
+    /// checkpoint makes them clean, so evictable).
+    ///
+    /// Clean nodes are evicted first. Dirty nodes may take the cache up to
+    /// half its limit past it before a checkpoint is forced; below that, a
+    /// checkpoint waits until the changes since the last one reach
+    /// [`CACHE_CHECKPOINT_MIN_DIVISOR`]th of the limit, so a tree larger
+    /// than the cache does not checkpoint on every commit.
     pub fn wants_checkpoint(&self) -> bool {
-        self.journal.fill_ratio() > 0.5
-            || self.dirty_bytes.load(Ordering::Relaxed) * 4 > self.cache.limit() / 2
-            || (self.cache.used() > self.cache.limit()
-                && self.dirty_bytes.load(Ordering::Relaxed) > 0)
+        let dirty = self.dirty_bytes.load(Ordering::Relaxed);
+        let limit = self.cache.limit();
+        if self.journal.fill_ratio() > 0.5 || dirty > limit / 8 {
+            return true;
+        }
+        if dirty == 0 || self.cache.used() <= limit {
+            return false;
+        }
+        self.cache.evict_if_needed();
+        let used = self.cache.used();
+        used > limit + limit / 2 || (used > limit && dirty >= limit / CACHE_CHECKPOINT_MIN_DIVISOR)
     }
 
     pub fn dirty_nodes(&self) -> Result<usize> {
@@ -279,12 +301,21 @@ impl Inner {
     }
 }
 
+/// Dirty-memory estimate of one journaled change: a put of a value of
+/// `put_value_len` bytes, or (`None`) a delete or root.
+pub(crate) fn change_bytes(put_value_len: Option<usize>) -> usize {
+    match put_value_len {
+        Some(n) => 64 + n,
+        None => 48,
+    }
+}
+
 pub(crate) fn items_bytes(items: &[JournalItem]) -> usize {
     items
         .iter()
         .map(|i| match i {
-            JournalItem::Put { key, .. } => 64 + key.value.len(),
-            _ => 48,
+            JournalItem::Put { key, .. } => change_bytes(Some(key.value.len())),
+            _ => change_bytes(None),
         })
         .sum()
 }
@@ -532,11 +563,11 @@ impl Engine {
                                 .tree(*btree)
                                 .write()
                                 .insert(&ctx, key.pos, Val::from_key(key))?;
-                            dirty += 64 + key.value.len();
+                            dirty += change_bytes(Some(key.value.len()));
                         }
                         JournalItem::Delete { btree, pos } => {
                             inner.tree(*btree).write().remove(&ctx, *pos)?;
-                            dirty += 48;
+                            dirty += change_bytes(None);
                         }
                         JournalItem::Root { .. } => {}
                     }

@@ -212,7 +212,9 @@ fn valid_node() -> impl Strategy<Value = (Vec<u8>, u64, BtreePtr, BtreeId, Vec<(
             }
             let mut disk = n.encode_full(magic);
             if !second.is_empty() {
+                // As after a full write: changes from here on go in a delta.
                 n.dirty.clear();
+                n.needs_full_write = false;
                 for (i, o, s, v) in second {
                     let p = Pos::new(i, o, s);
                     match v {

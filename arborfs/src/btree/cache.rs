@@ -27,7 +27,6 @@ pub fn is_temp(id: u64) -> bool {
 struct Entry {
     node: NodeRef,
     referenced: AtomicBool,
-    mem: usize,
 }
 
 /// Node ids are device offsets or counters: multiply-shift mixes them well
@@ -107,8 +106,12 @@ impl NodeCache {
 
     /// Inserts `node` under `id` unless another thread got there first, and
     /// returns whichever is cached.
-    pub fn insert(&self, id: u64, node: Node) -> NodeRef {
+    ///
+    /// Memory accounting: a cached node carries the bytes it is charged
+    /// (`Node::charged`, changed only under its lock); `used` is their sum.
+    pub fn insert(&self, id: u64, mut node: Node) -> NodeRef {
         let mem = node.mem_bytes();
+        node.charged = mem;
         let node = Arc::new(RwLock::new(node));
         {
             let mut shard = self.shard(id).write();
@@ -121,7 +124,6 @@ impl NodeCache {
                 Entry {
                     node: node.clone(),
                     referenced: AtomicBool::new(true),
-                    mem,
                 },
             );
             shard.clock.push_back(id);
@@ -133,8 +135,9 @@ impl NodeCache {
     pub fn remove(&self, id: u64) {
         let mut shard = self.shard(id).write();
         if let Some(e) = shard.map.remove(&id) {
-            self.used.fetch_sub(e.mem, Ordering::Relaxed);
-            e.node.write().evicted = true;
+            let mut node = e.node.write();
+            self.uncharge(&mut node);
+            node.evicted = true;
         }
     }
 
@@ -151,17 +154,25 @@ impl NodeCache {
         }
     }
 
-    /// Refreshes the memory estimate of a node after it changed.
-    pub fn update_mem(&self, id: u64, mem: usize) {
-        let mut shard = self.shard(id).write();
-        if let Some(e) = shard.map.get_mut(&id) {
-            if mem >= e.mem {
-                self.used.fetch_add(mem - e.mem, Ordering::Relaxed);
-            } else {
-                self.used.fetch_sub(e.mem - mem, Ordering::Relaxed);
-            }
-            e.mem = mem;
+    /// Refreshes the memory charged for a cached node after it changed
+    /// (the caller holds its write lock). A node no longer cached is not
+    /// charged.
+    pub fn recharge(&self, node: &mut Node) {
+        if node.evicted || node.charged == 0 {
+            return;
         }
+        let mem = node.mem_bytes();
+        if mem >= node.charged {
+            self.used.fetch_add(mem - node.charged, Ordering::Relaxed);
+        } else {
+            self.used.fetch_sub(node.charged - mem, Ordering::Relaxed);
+        }
+        node.charged = mem;
+    }
+
+    fn uncharge(&self, node: &mut Node) {
+        self.used
+            .fetch_sub(std::mem::take(&mut node.charged), Ordering::Relaxed);
     }
 
     /// Drops clean nodes until the cache is under its limit or only dirty
@@ -196,21 +207,25 @@ impl NodeCache {
             let Some(e) = shard.map.get_mut(&id) else {
                 continue;
             };
-            if *e.referenced.get_mut() {
+            // A node someone holds a reference to is in use (e.g. pinned by
+            // a commit between loading and changing it): not a candidate.
+            // New references are only handed out under the shard lock, which
+            // this holds, so the count cannot grow meanwhile.
+            if *e.referenced.get_mut() || Arc::strong_count(&e.node) > 1 {
                 *e.referenced.get_mut() = false;
                 shard.clock.push_back(id);
                 continue;
             }
             let can_evict = match e.node.try_write() {
                 Some(mut node) if !node.is_dirty() && !is_temp(id) => {
+                    self.uncharge(&mut node);
                     node.evicted = true;
                     true
                 }
                 _ => false,
             };
             if can_evict {
-                let e = shard.map.remove(&id).expect("entry present");
-                self.used.fetch_sub(e.mem, Ordering::Relaxed);
+                shard.map.remove(&id).expect("entry present");
                 evicted = true;
             } else {
                 shard.clock.push_back(id);

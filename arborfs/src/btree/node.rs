@@ -16,7 +16,7 @@ use super::node_format::{
 };
 use crate::BLOCK_BYTES;
 use crate::error::{Error, Result, Structure};
-use crate::key::key_format::{decode_key, encode_parts, encoded_len};
+use crate::key::key_format::{KEY_HEADER_BYTES, decode_key_ref, encode_parts, encoded_len};
 use crate::key::{BtreeId, Key, KeyType, Pos};
 
 /// Values up to this many bytes live inside the node's map entry.
@@ -106,6 +106,8 @@ impl Val {
 
 /// Estimated heap bytes of one key held in memory (for the cache limit).
 const KEY_MEM_OVERHEAD: usize = 64;
+/// Estimated heap bytes of one entry of `Node::dirty`.
+const DIRTY_MEM_OVERHEAD: usize = 32;
 
 pub struct Node {
     pub btree: BtreeId,
@@ -130,6 +132,9 @@ pub struct Node {
     pub evicted: bool,
     /// Bsets written to the node's current location.
     pub bsets: u16,
+    /// Bytes this node is charged in the cache's total (see
+    /// `NodeCache::recharge`); 0 while it is not in the cache.
+    pub charged: usize,
 }
 
 impl Node {
@@ -147,6 +152,7 @@ impl Node {
             journal_seq: 0,
             evicted: false,
             bsets: 0,
+            charged: 0,
         }
     }
 
@@ -159,7 +165,10 @@ impl Node {
     }
 
     pub fn mem_bytes(&self) -> usize {
-        self.live_bytes + self.keys.len() * KEY_MEM_OVERHEAD + 256
+        self.live_bytes
+            + self.keys.len() * KEY_MEM_OVERHEAD
+            + self.dirty.len() * DIRTY_MEM_OVERHEAD
+            + 256
     }
 
     pub fn insert(&mut self, pos: Pos, val: Val) -> Option<Val> {
@@ -168,15 +177,25 @@ impl Node {
         if let Some(o) = &old {
             self.live_bytes -= o.encoded_len();
         }
-        self.dirty.insert(pos);
+        self.note_changed(pos);
         old
     }
 
     pub fn remove(&mut self, pos: &Pos) -> Option<Val> {
         let old = self.keys.remove(pos)?;
         self.live_bytes -= old.encoded_len();
-        self.dirty.insert(*pos);
+        self.note_changed(*pos);
         Some(old)
+    }
+
+    /// Records a changed position for the next delta write. A node whose
+    /// next write is a full one writes every key anyway, and
+    /// `needs_full_write` is only cleared by a full write (which also
+    /// clears `dirty`), so it needs no per-key tracking.
+    pub fn note_changed(&mut self, pos: Pos) {
+        if !self.needs_full_write {
+            self.dirty.insert(pos);
+        }
     }
 
     /// Child pointer stored under `pos` in an interior node.
@@ -247,8 +266,8 @@ impl Node {
         let corrupt = |at: usize, detail: String| {
             Error::corrupted(Structure::BtreeNode, ptr.offset + at as u64, detail)
         };
+        // `needs_full_write` stays set while decoding: no dirty tracking.
         let mut node = Node::new_empty(btree, ptr.level, min, max, ptr);
-        node.needs_full_write = false;
         let mut at = 0usize;
         let mut index = 0u16;
         while at < buf.len() {
@@ -310,9 +329,15 @@ impl Node {
             }
             let mut kat = BSET_HEADER_BYTES;
             let mut prev: Option<Pos> = None;
+            // The first bset holds sorted keys only: collected and built
+            // into the map in one go, far cheaper than inserting each.
+            let mut first: Vec<(Pos, Val)> = Vec::new();
+            if index == 0 {
+                first.reserve((hdr.nkeys as usize).min(len / KEY_HEADER_BYTES));
+            }
             for _ in 0..hdr.nkeys {
-                let (key, used) =
-                    decode_key(&rest[kat..len]).map_err(|e| corrupt(at + kat, e.to_string()))?;
+                let (key, used) = decode_key_ref(&rest[kat..len])
+                    .map_err(|e| corrupt(at + kat, e.to_string()))?;
                 if prev.is_some_and(|p| p >= key.pos) {
                     return Err(corrupt(
                         at + kat,
@@ -340,10 +365,23 @@ impl Node {
                             format!("key type {} at level {}", key.ty.name(), ptr.level),
                         ));
                     }
-                    node.insert(key.pos, Val::from_key(&key));
+                    let val = Val {
+                        size: key.size,
+                        ty: key.ty,
+                        value: ValBytes::new(key.value),
+                    };
+                    if index == 0 {
+                        node.live_bytes += val.encoded_len();
+                        first.push((key.pos, val));
+                    } else {
+                        node.insert(key.pos, val);
+                    }
                 }
                 prev = Some(key.pos);
                 kat += used;
+            }
+            if index == 0 {
+                node.keys = first.into_iter().collect();
             }
             if kat != len {
                 return Err(corrupt(
@@ -370,6 +408,7 @@ impl Node {
             ));
         }
         node.dirty.clear();
+        node.needs_full_write = false;
         node.bsets = index;
         Ok(node)
     }
@@ -408,7 +447,9 @@ mod tests {
             );
         }
         let mut disk = n.encode_full(magic);
+        // As after a full write: changes from here on are tracked for a delta.
         n.dirty.clear();
+        n.needs_full_write = false;
         n.remove(&Pos::new(1, 5, 0));
         n.insert(
             Pos::new(1, 7, 0),

@@ -8,17 +8,17 @@
 //! [`Error::Restart`]; [`Engine::transact`] runs the closure again from the
 //! top. Committed transactions are therefore serializable.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
 use parking_lot::RwLockWriteGuard;
 
+use super::cache::NodeRef;
 use super::node::Val;
 use super::tree::{TreeCtx, TreeState};
 use crate::alloc::{BucketDeltas, apply_bucket_deltas};
-use crate::engine::{Engine, Inner, items_bytes};
+use crate::engine::{Engine, Inner, change_bytes, items_bytes};
 use crate::error::{Error, Result};
-use crate::journal::JournalItem;
+use crate::journal::{ItemBatch, JournalItem};
 use crate::key::{BtreeId, Key, KeyType, Pos};
 
 /// Longest extent, in sectors: bounds how far an overwrite looks for overlaps.
@@ -242,17 +242,20 @@ impl<'e> Transaction<'e> {
             // Make room before taking locks; the commit then starts over.
             inner.checkpoint()?;
         }
-        let mut writes: BTreeSet<BtreeId> = self.updates.iter().map(|(b, _)| *b).collect();
-        if writes.iter().any(|b| b.has_alloc_trigger()) {
-            writes.insert(BtreeId::Alloc);
-            writes.insert(BtreeId::Freespace);
+        let mut writes = [false; BtreeId::COUNT];
+        for (b, _) in &self.updates {
+            writes[b.index()] = true;
+            if b.has_alloc_trigger() {
+                writes[BtreeId::Alloc.index()] = true;
+                writes[BtreeId::Freespace.index()] = true;
+            }
         }
         // Lock every b-tree read or written, in id order.
-        let mut write_guards: Vec<Option<RwLockWriteGuard<'_, TreeState>>> =
-            (0..BtreeId::COUNT).map(|_| None).collect();
+        let mut write_guards: [Option<RwLockWriteGuard<'_, TreeState>>; BtreeId::COUNT] =
+            std::array::from_fn(|_| None);
         let mut read_guards = Vec::new();
         for id in BtreeId::ALL {
-            if writes.contains(&id) {
+            if writes[id.index()] {
                 let g = inner.tree(id).write();
                 if self.reads[id.index()].is_some_and(|s| s != g.mod_seq) {
                     return Err(Error::Restart(
@@ -273,14 +276,30 @@ impl<'e> Transaction<'e> {
         let ctx = inner.ctx();
         // Load what the updates will change while an error can still abort
         // cleanly; after this point an error leaves memory half-updated and
-        // stops the filesystem from writing.
+        // stops the filesystem from writing. The loaded nodes stay pinned
+        // (not evictable) until the updates are applied.
+        // A point update also remembers its leaf (the last node pinned).
+        let mut pins = Vec::with_capacity(self.updates.len() * 3);
+        let mut leaves = Vec::with_capacity(self.updates.len());
         for (btree, u) in &self.updates {
             let tree = write_guards[btree.index()].as_ref().expect("locked");
             let (start, end) = touch_range(*btree, u);
-            tree.touch(&ctx, start, end)?;
+            tree.touch(&ctx, start, end, &mut pins)?;
+            leaves.push((start == end).then(|| pins.len() - 1));
         }
-        let mut items = Vec::with_capacity(self.updates.len() + 8);
-        let r = apply_all(inner, &ctx, &mut write_guards, &self.updates, &mut items);
+        let mut log = Logged {
+            batch: ItemBatch::with_capacity(self.updates.len() * 48 + 256),
+            dirty_bytes: 0,
+        };
+        let leaves: Vec<Option<&NodeRef>> = leaves.iter().map(|l| l.map(|p| &pins[p])).collect();
+        let r = apply_all(
+            inner,
+            &ctx,
+            &mut write_guards,
+            &self.updates,
+            &leaves,
+            &mut log,
+        );
         let emptied = match r {
             Ok(e) => e,
             Err(e) => {
@@ -288,10 +307,12 @@ impl<'e> Transaction<'e> {
                 return Err(e);
             }
         };
+        drop(leaves);
+        drop(pins);
         for g in write_guards.iter_mut().flatten() {
             g.mod_seq += 1;
         }
-        let seq = match inner.journal.add(&items) {
+        let seq = match inner.journal.add_batch(&log.batch) {
             Ok(s) => s,
             Err(e) => {
                 inner.fail(&e);
@@ -306,7 +327,7 @@ impl<'e> Transaction<'e> {
         }
         inner
             .dirty_bytes
-            .fetch_add(items_bytes(&items), Ordering::Relaxed);
+            .fetch_add(log.dirty_bytes, Ordering::Relaxed);
         drop(write_guards);
         drop(read_guards);
         if durability == Durability::Durable {
@@ -341,16 +362,43 @@ fn touch_range(btree: BtreeId, u: &Update) -> (Pos, Pos) {
     }
 }
 
+/// The journal items of a commit, encoded as they are produced, and their
+/// dirty-memory estimate.
+struct Logged {
+    batch: ItemBatch,
+    dirty_bytes: usize,
+}
+
+impl Logged {
+    fn put(&mut self, btree: BtreeId, key: &Key) {
+        self.dirty_bytes += change_bytes(Some(key.value.len()));
+        self.batch.put(btree, key);
+    }
+
+    fn delete(&mut self, btree: BtreeId, pos: Pos) {
+        self.dirty_bytes += change_bytes(None);
+        self.batch.delete(btree, pos);
+    }
+
+    fn extend(&mut self, items: &[JournalItem]) {
+        self.dirty_bytes += items_bytes(items);
+        for it in items {
+            self.batch.push(it);
+        }
+    }
+}
+
 fn apply_all(
     inner: &Inner,
     ctx: &TreeCtx,
     guards: &mut [Option<RwLockWriteGuard<'_, TreeState>>],
     updates: &[(BtreeId, Update)],
-    items: &mut Vec<JournalItem>,
+    leaves: &[Option<&NodeRef>],
+    log: &mut Logged,
 ) -> Result<Vec<u64>> {
     let geo = inner.alloc.lock().geo;
     let mut deltas = BucketDeltas::default();
-    for (btree, u) in updates {
+    for (i, (btree, u)) in updates.iter().enumerate() {
         let tree = guards[btree.index()].as_mut().expect("locked");
         let trigger = btree.has_alloc_trigger();
         match u {
@@ -363,7 +411,7 @@ fn apply_all(
                     k.pos.snapshot,
                     k.start(),
                     k.end(),
-                    items,
+                    log,
                     &mut deltas,
                     &geo,
                 )?;
@@ -371,27 +419,18 @@ fn apply_all(
                 if trigger {
                     deltas.charge_key(&geo, k, 1)?;
                 }
-                items.push(JournalItem::Put {
-                    btree: *btree,
-                    key: k.clone(),
-                });
+                log.put(*btree, k);
             }
             Update::Put(k) => {
-                tree.insert(ctx, k.pos, Val::from_key(k))?;
-                items.push(JournalItem::Put {
-                    btree: *btree,
-                    key: k.clone(),
-                });
+                tree.insert_in(ctx, leaves[i], k.pos, Val::from_key(k))?;
+                log.put(*btree, k);
             }
             Update::Delete(p) => {
                 if let Some(old) = tree.remove(ctx, *p)? {
                     if trigger {
                         deltas.charge_key(&geo, &old.to_key(*p), -1)?;
                     }
-                    items.push(JournalItem::Delete {
-                        btree: *btree,
-                        pos: *p,
-                    });
+                    log.delete(*btree, *p);
                 }
             }
             Update::DeleteRange {
@@ -408,7 +447,7 @@ fn apply_all(
                     *snapshot,
                     *start,
                     *end,
-                    items,
+                    log,
                     &mut deltas,
                     &geo,
                 )?;
@@ -422,7 +461,10 @@ fn apply_all(
     let alloc = left[BtreeId::Alloc.index()].as_mut().expect("alloc locked");
     let freespace = right[0].as_mut().expect("freespace locked");
     let mut st = inner.alloc.lock();
-    apply_bucket_deltas(ctx, alloc, freespace, &mut st, &deltas, items)
+    let mut items = Vec::new();
+    let emptied = apply_bucket_deltas(ctx, alloc, freespace, &mut st, &deltas, &mut items)?;
+    log.extend(&items);
+    Ok(emptied)
 }
 
 /// Removes `[start, end)` of `inode` in `snapshot`: extents inside go, ones
@@ -436,7 +478,7 @@ fn trim_extents(
     snapshot: u32,
     start: u64,
     end: u64,
-    items: &mut Vec<JournalItem>,
+    log: &mut Logged,
     deltas: &mut BucketDeltas,
     geo: &crate::alloc::Geometry,
 ) -> Result<()> {
@@ -481,7 +523,7 @@ fn trim_extents(
     }
     for k in overlapping {
         tree.remove(ctx, k.pos)?;
-        items.push(JournalItem::Delete { btree, pos: k.pos });
+        log.delete(btree, k.pos);
         if trigger {
             deltas.charge_key(geo, &k, -1)?;
         }
@@ -496,7 +538,7 @@ fn trim_extents(
             if trigger {
                 deltas.charge_key(geo, &front, 1)?;
             }
-            items.push(JournalItem::Put { btree, key: front });
+            log.put(btree, &front);
         }
         if k.end() > end {
             let cut = end - k.start();
@@ -510,7 +552,7 @@ fn trim_extents(
             if trigger {
                 deltas.charge_key(geo, &back, 1)?;
             }
-            items.push(JournalItem::Put { btree, key: back });
+            log.put(btree, &back);
         }
     }
     Ok(())

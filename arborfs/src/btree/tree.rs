@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::cache::{NodeCache, NodeRef, is_temp};
 
 type NodeReadGuard = parking_lot::ArcRwLockReadGuard<parking_lot::RawRwLock, Node>;
+type NodeWriteGuard = parking_lot::ArcRwLockWriteGuard<parking_lot::RawRwLock, Node>;
 use super::node::{Node, Val};
 use super::node_format::BtreePtr;
 use crate::SECTOR_BYTES;
@@ -133,9 +134,7 @@ impl TreeCtx<'_> {
                 continue;
             }
             let r = f(&mut g);
-            let mem = g.mem_bytes();
-            drop(g);
-            self.cache.update_mem(ptr.offset, mem);
+            self.cache.recharge(&mut g);
             return Ok(r);
         }
     }
@@ -168,8 +167,8 @@ fn child_ptr(node: &Node, key: Pos, val: &Val) -> Result<BtreePtr> {
     Ok(ptr)
 }
 
-/// The child of interior `node` whose range holds `pos`.
-fn find_child(node: &Node, pos: Pos) -> Result<ChildRef> {
+/// Key and pointer of the child of interior `node` whose range holds `pos`.
+fn child_for(node: &Node, pos: Pos) -> Result<(Pos, BtreePtr)> {
     let (key, val) = node.keys.range(pos..).next().ok_or_else(|| {
         Error::corrupted(
             Structure::BtreeNode,
@@ -177,15 +176,41 @@ fn find_child(node: &Node, pos: Pos) -> Result<ChildRef> {
             format!("no child covers {pos:?}"),
         )
     })?;
-    let min = match node.keys.range(..*key).next_back() {
+    Ok((*key, child_ptr(node, *key, val)?))
+}
+
+/// Lower bound of the range of the child stored under `key` in `node`.
+fn child_min(node: &Node, key: Pos) -> Pos {
+    match node.keys.range(..key).next_back() {
         Some((prev, _)) => prev.successor().unwrap_or(Pos::MAX),
         None => node.min,
-    };
-    Ok(ChildRef {
-        key: *key,
-        ptr: child_ptr(node, *key, val)?,
-        min,
-    })
+    }
+}
+
+/// The node at `ptr` (whose range ends at `max`), locked for writing:
+/// `hint` if that is the node and it is still cached, else loaded through
+/// the cache (`min`, the range's lower bound, is only computed then).
+fn lock_node(
+    ctx: &TreeCtx,
+    btree: BtreeId,
+    ptr: BtreePtr,
+    max: Pos,
+    hint: Option<NodeRef>,
+    min: impl FnOnce() -> Pos,
+) -> Result<NodeWriteGuard> {
+    if let Some(h) = hint {
+        let g = h.write_arc();
+        if g.ptr.seq == ptr.seq && g.ptr.offset == ptr.offset && !g.evicted {
+            return Ok(g);
+        }
+    }
+    let min = min();
+    loop {
+        let g = ctx.load(btree, ptr, min, max)?.write_arc();
+        if !g.evicted {
+            return Ok(g);
+        }
+    }
 }
 
 /// Children of interior `node` whose ranges meet `[start, end]`, in order.
@@ -237,22 +262,36 @@ impl TreeState {
     }
 
     /// Runs `f` on the value at exactly `pos` without copying it first.
-    ///
-    /// Each level takes one read lock: the child's guard is taken (and its
-    /// sequence checked) while the parent's is still held, as in `scan_rec`.
     pub fn get_with<R>(
         &self,
         ctx: &TreeCtx,
         pos: Pos,
         f: impl FnOnce(&Val) -> R,
     ) -> Result<Option<R>> {
+        let g = self.leaf_for(ctx, pos, |_| {})?;
+        Ok(g.keys.get(&pos).map(f))
+    }
+
+    /// A read guard on the leaf whose range holds `pos`; `visit` sees every
+    /// node on the way, the leaf last.
+    ///
+    /// Each level takes one read lock: the child's guard is taken (and its
+    /// sequence checked) while the parent's is still held, as in `scan_rec`.
+    #[inline(always)]
+    fn leaf_for(
+        &self,
+        ctx: &TreeCtx,
+        pos: Pos,
+        mut visit: impl FnMut(&NodeReadGuard),
+    ) -> Result<NodeReadGuard> {
         let mut g = match self.root_guard() {
             Some(g) => g,
             None => ctx.load(self.id, self.root, Pos::MIN, Pos::MAX)?.read_arc(),
         };
         loop {
+            visit(&g);
             if g.is_leaf() {
-                return Ok(g.keys.get(&pos).map(f));
+                return Ok(g);
             }
             let (key, val) = g.keys.range(pos..).next().ok_or_else(|| {
                 Error::corrupted(
@@ -261,7 +300,7 @@ impl TreeState {
                     format!("no child covers {pos:?}"),
                 )
             })?;
-            let cptr = child_ptr(&g, *key, val)?;
+            let (key, cptr) = (*key, child_ptr(&g, *key, val)?);
             // The child's lower bound is only needed to validate a read from disk.
             let cached = ctx.cache.get(cptr.offset).and_then(|c| {
                 let cg = c.read_arc();
@@ -270,9 +309,9 @@ impl TreeState {
             g = match cached {
                 Some(cg) => cg,
                 None => {
-                    let c = find_child(&g, pos)?;
+                    let min = child_min(&g, key);
                     drop(g);
-                    ctx.load(self.id, c.ptr, c.min, c.key)?.read_arc()
+                    ctx.load(self.id, cptr, min, key)?.read_arc()
                 }
             };
         }
@@ -435,11 +474,30 @@ impl TreeState {
     }
 
     /// Loads every node on the paths to `[start, end]` so a following change
-    /// of that range needs no I/O (unless the cache drops them meanwhile).
-    pub fn touch(&self, ctx: &TreeCtx, start: Pos, end: Pos) -> Result<()> {
-        self.touch_rec(ctx, self.root, Pos::MIN, Pos::MAX, start, end)
+    /// of that range needs no I/O, and adds them to `pins`: the cache does
+    /// not evict a node while a reference to it is held. For a single
+    /// position the leaf is pushed last.
+    pub fn touch(
+        &self,
+        ctx: &TreeCtx,
+        start: Pos,
+        end: Pos,
+        pins: &mut Vec<NodeRef>,
+    ) -> Result<()> {
+        if start == end {
+            // One position: the path of a lookup.
+            return self.touch_point(ctx, start, pins);
+        }
+        self.touch_rec(ctx, self.root, Pos::MIN, Pos::MAX, start, end, pins)
     }
 
+    /// [`TreeState::touch`] of one position: the path of a lookup.
+    fn touch_point(&self, ctx: &TreeCtx, pos: Pos, pins: &mut Vec<NodeRef>) -> Result<()> {
+        self.leaf_for(ctx, pos, |g| pins.push(NodeReadGuard::rwlock(g).clone()))
+            .map(|_| ())
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn touch_rec(
         &self,
         ctx: &TreeCtx,
@@ -448,21 +506,26 @@ impl TreeState {
         max: Pos,
         start: Pos,
         end: Pos,
+        pins: &mut Vec<NodeRef>,
     ) -> Result<()> {
         let n = ctx.load(self.id, ptr, min, max)?;
         let g = n.read();
         if g.is_leaf() {
+            drop(g);
+            pins.push(n);
             return Ok(());
         }
         if start == end {
-            // One position: the path of a lookup.
             drop(g);
-            return self.get_with(ctx, start, |_| ()).map(|_| ());
+            pins.push(n);
+            return self.touch_point(ctx, start, pins);
         }
         let children = children_in_range(&g, start, end)?;
         drop(g);
+        pins.push(n);
         for c in children {
-            self.touch_rec(ctx, c.ptr, c.min, c.key, start.max(c.min), end.min(c.key))?;
+            let (s, e) = (start.max(c.min), end.min(c.key));
+            self.touch_rec(ctx, c.ptr, c.min, c.key, s, e, pins)?;
         }
         Ok(())
     }
@@ -482,6 +545,41 @@ impl TreeState {
         })
     }
 
+    /// [`TreeState::insert`] straight into `leaf` (a node a commit's touch
+    /// phase found for `pos`) when it still is the leaf whose range holds
+    /// `pos` and it is dirty already: then its parent and every node above
+    /// are marked dirty for it, and the descent would change nothing but
+    /// the leaf. A change that makes the leaf need a split or merge is
+    /// followed by a regular descent that does it.
+    pub fn insert_in(
+        &mut self,
+        ctx: &TreeCtx,
+        leaf: Option<&NodeRef>,
+        pos: Pos,
+        val: Val,
+    ) -> Result<Option<Val>> {
+        let Some(leaf) = leaf else {
+            return self.insert(ctx, pos, val);
+        };
+        let mut g = leaf.write();
+        if !(g.is_leaf() && !g.evicted && g.is_dirty() && g.min <= pos && pos <= g.max) {
+            drop(g);
+            return self.insert(ctx, pos, val);
+        }
+        if val.value.len() > ctx.max_value_bytes() {
+            drop(g);
+            return self.insert(ctx, pos, val);
+        }
+        let old = g.insert(pos, val);
+        ctx.cache.recharge(&mut g);
+        let bytes = g.live_bytes;
+        drop(g);
+        if bytes > ctx.split_threshold() || bytes < ctx.merge_threshold() {
+            self.modify(ctx, pos, &mut |_| None)?;
+        }
+        Ok(old)
+    }
+
     /// Removes the key at `pos`; returns the old value.
     pub fn remove(&mut self, ctx: &TreeCtx, pos: Pos) -> Result<Option<Val>> {
         // A missing key changes nothing and dirties no node.
@@ -497,50 +595,73 @@ impl TreeState {
         pos: Pos,
         f: &mut dyn FnMut(&mut Node) -> Option<Val>,
     ) -> Result<Option<Val>> {
-        let (r, _) = self.modify_rec(ctx, self.root, Pos::MIN, Pos::MAX, pos, f)?;
-        self.fix_root(ctx)?;
-        self.refresh_root_node(ctx);
+        let g = lock_node(
+            ctx,
+            self.id,
+            self.root,
+            Pos::MAX,
+            self.root_node.clone(),
+            || Pos::MIN,
+        )?;
+        let (r, root) = self.modify_rec(ctx, g, pos, f)?;
+        let reshape = {
+            let g = root.read();
+            g.live_bytes > ctx.split_threshold() || (g.level > 0 && g.keys.len() == 1)
+        };
+        if reshape {
+            self.fix_root(ctx)?;
+            self.refresh_root_node(ctx);
+        } else if !self
+            .root_node
+            .as_ref()
+            .is_some_and(|n| std::sync::Arc::ptr_eq(n, &root))
+        {
+            self.root_node = Some(root);
+        }
         Ok(r)
     }
 
-    /// Changes the leaf holding `pos`, then splits or merges on the way back
-    /// up. Each node is marked dirty before descending past it, so the cache
-    /// cannot drop it while this holds a reference. Returns the node.
+    /// Changes the leaf holding `pos` below the node `g` holds, then splits
+    /// or merges on the way back up. Each node is marked dirty before
+    /// descending past it, so the cache cannot drop it while this holds a
+    /// reference. The child is locked before the parent is released (the
+    /// order lookups take too). Returns the node.
     fn modify_rec(
         &mut self,
         ctx: &TreeCtx,
-        ptr: BtreePtr,
-        min: Pos,
-        max: Pos,
+        mut g: NodeWriteGuard,
         pos: Pos,
         f: &mut dyn FnMut(&mut Node) -> Option<Val>,
     ) -> Result<(Option<Val>, NodeRef)> {
-        let (n, child) = loop {
-            let n = ctx.load(self.id, ptr, min, max)?;
-            let mut g = n.write();
-            if g.evicted {
-                continue;
-            }
-            if g.is_leaf() {
-                let r = f(&mut g);
-                drop(g);
-                return Ok((r, n));
-            }
-            let c = find_child(&g, pos)?;
-            // The child's pointer is rewritten at the next checkpoint (a
-            // node written in full rewrites every pointer anyway).
-            if !g.needs_full_write {
-                g.dirty.insert(c.key);
-            }
-            drop(g);
-            break (n, c);
-        };
-        let (r, child_node) = self.modify_rec(ctx, child.ptr, child.min, child.key, pos, f)?;
+        let n = NodeWriteGuard::rwlock(&g).clone();
+        if g.is_leaf() {
+            let r = f(&mut g);
+            ctx.cache.recharge(&mut g);
+            return Ok((r, n));
+        }
+        let (key, cptr) = child_for(&g, pos)?;
+        // The child's pointer is rewritten at the next checkpoint (a node
+        // written in full rewrites every pointer anyway).
+        g.note_changed(key);
+        ctx.cache.recharge(&mut g);
+        let (ptr, min, max) = (g.ptr, g.min, g.max);
+        let hint = ctx.cache.get(cptr.offset);
+        let cg = lock_node(ctx, self.id, cptr, key, hint, || child_min(&g, key))?;
+        drop(g);
+        let (r, child_node) = self.modify_rec(ctx, cg, pos, f)?;
         let bytes = child_node.read().live_bytes;
-        if bytes > ctx.split_threshold() {
-            self.split_child(ctx, ptr, min, max, child)?;
-        } else if bytes < ctx.merge_threshold() {
-            self.try_merge_child(ctx, ptr, min, max, child)?;
+        let (split, merge) = (bytes > ctx.split_threshold(), bytes < ctx.merge_threshold());
+        if split || merge {
+            let child = ChildRef {
+                key,
+                ptr: cptr,
+                min: child_min(&n.read(), key),
+            };
+            if split {
+                self.split_child(ctx, ptr, min, max, child)?;
+            } else {
+                self.try_merge_child(ctx, ptr, min, max, child)?;
+            }
         }
         Ok((r, n))
     }
@@ -581,8 +702,7 @@ impl TreeState {
                 r.live_bytes += moved;
                 r.journal_seq = child.journal_seq;
             }
-            let mem = right.read().mem_bytes();
-            ctx.cache.update_mem(right_ptr.offset, mem);
+            ctx.cache.recharge(&mut right.write());
             child.max = split_key;
             child.needs_full_write = true;
             child.dirty.retain(|p| *p <= split_key);
@@ -671,10 +791,9 @@ impl TreeState {
         lg.journal_seq = lg.journal_seq.max(rg.journal_seq);
         rg.evicted = true;
         let right_ptr = rg.ptr;
-        let mem = lg.mem_bytes();
+        ctx.cache.recharge(&mut lg);
         drop(lg);
         drop(rg);
-        ctx.cache.update_mem(left.ptr.offset, mem);
         self.drop_node(ctx, right_ptr);
         ctx.with_node_mut(self.id, parent, pmin, pmax, |p| {
             p.remove(&left.key);
@@ -857,11 +976,8 @@ impl TreeState {
                 g.ptr.sectors += (buf.len() / 512) as u32;
                 g.bsets += 1;
                 g.dirty.clear();
-                let newp = g.ptr;
-                let mem = g.mem_bytes();
-                drop(g);
-                ctx.cache.update_mem(newp.offset, mem);
-                return Ok(newp);
+                ctx.cache.recharge(&mut g);
+                return Ok(g.ptr);
             }
         }
         let len = g.live_bytes.next_multiple_of(crate::BLOCK_BYTES as usize);
@@ -887,10 +1003,9 @@ impl TreeState {
         g.dirty.clear();
         g.needs_full_write = false;
         let newp = g.ptr;
-        let mem = g.mem_bytes();
+        ctx.cache.recharge(&mut g);
         drop(g);
         ctx.cache.rekey(old.offset, offset);
-        ctx.cache.update_mem(offset, mem);
         if !is_temp(old.offset) && old.sectors > 0 {
             self.freed.push(old);
         }
@@ -1010,9 +1125,7 @@ impl TreeState {
                     Some(p) => {
                         g.insert(key, ptr_val(p));
                     }
-                    None => {
-                        g.dirty.insert(key);
-                    }
+                    None => g.note_changed(key),
                 }
             }
         })?;

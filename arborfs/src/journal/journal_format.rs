@@ -47,8 +47,8 @@
 
 use super::JournalItem;
 use crate::btree::node_format::{BTREE_PTR_BYTES, BtreePtr};
-use crate::key::BtreeId;
 use crate::key::key_format::{decode_key, decode_pos, encode_key, encode_pos};
+use crate::key::{BtreeId, Key, Pos};
 
 /// Fixed part of the magic ("ArborJnl" read little-endian, XOR-ed with the UUID).
 pub const JOURNAL_MAGIC: u64 = u64::from_le_bytes(*b"ArborJnl");
@@ -201,17 +201,24 @@ pub fn item_encoded_len(item: &JournalItem) -> usize {
         }
 }
 
+/// Encodes a Put item of `key` (what [`encode_item`] writes for
+/// [`JournalItem::Put`], without building the item).
+pub fn encode_put(out: &mut Vec<u8>, btree: BtreeId, key: &Key) {
+    out.extend_from_slice(&[ITEM_PUT, btree as u8, 0, 0, 0, 0, 0, 0]);
+    encode_key(out, key);
+}
+
+/// Encodes a Delete item (see [`encode_put`]).
+pub fn encode_delete(out: &mut Vec<u8>, btree: BtreeId, pos: Pos) {
+    out.extend_from_slice(&[ITEM_DELETE, btree as u8, 0, 0, 0, 0, 0, 0]);
+    encode_pos(out, pos);
+    out.extend_from_slice(&[0; 4]);
+}
+
 pub fn encode_item(out: &mut Vec<u8>, item: &JournalItem) {
     match item {
-        JournalItem::Put { btree, key } => {
-            out.extend_from_slice(&[ITEM_PUT, *btree as u8, 0, 0, 0, 0, 0, 0]);
-            encode_key(out, key);
-        }
-        JournalItem::Delete { btree, pos } => {
-            out.extend_from_slice(&[ITEM_DELETE, *btree as u8, 0, 0, 0, 0, 0, 0]);
-            encode_pos(out, *pos);
-            out.extend_from_slice(&[0; 4]);
-        }
+        JournalItem::Put { btree, key } => encode_put(out, *btree, key),
+        JournalItem::Delete { btree, pos } => encode_delete(out, *btree, *pos),
         JournalItem::Root { btree, ptr } => {
             let present = ptr.is_some() as u8;
             out.extend_from_slice(&[ITEM_ROOT, *btree as u8, present, 0, 0, 0, 0, 0]);

@@ -124,6 +124,48 @@ pub enum JournalItem {
     },
 }
 
+/// Items encoded as they are produced, for [`Journal::add_batch`]: the
+/// bytes [`Journal::add`] would encode for the same items, without building
+/// (and cloning keys into) [`JournalItem`]s first.
+#[derive(Debug, Default)]
+pub struct ItemBatch {
+    buf: Vec<u8>,
+    count: u32,
+}
+
+impl ItemBatch {
+    pub fn with_capacity(bytes: usize) -> ItemBatch {
+        ItemBatch {
+            buf: Vec::with_capacity(bytes),
+            count: 0,
+        }
+    }
+
+    pub fn put(&mut self, btree: BtreeId, key: &Key) {
+        journal_format::encode_put(&mut self.buf, btree, key);
+        self.count += 1;
+    }
+
+    pub fn delete(&mut self, btree: BtreeId, pos: Pos) {
+        journal_format::encode_delete(&mut self.buf, btree, pos);
+        self.count += 1;
+    }
+
+    pub fn push(&mut self, item: &JournalItem) {
+        encode_item(&mut self.buf, item);
+        self.count += 1;
+    }
+
+    /// Number of items.
+    pub fn len(&self) -> u32 {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JournalEntry {
     pub seq: u64,
@@ -742,6 +784,11 @@ impl Journal {
             encode_item(&mut batch, it);
         }
         self.add_encoded(&batch, items.len() as u32)
+    }
+
+    /// [`Journal::add`] for items collected in an [`ItemBatch`].
+    pub fn add_batch(&self, batch: &ItemBatch) -> Result<u64> {
+        self.add_encoded(&batch.buf, batch.count)
     }
 
     /// [`Journal::add`] for a batch already encoded with

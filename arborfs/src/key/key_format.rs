@@ -74,8 +74,31 @@ impl std::fmt::Display for KeyDecodeError {
     }
 }
 
+/// A decoded key whose value still points into the buffer it came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyRef<'a> {
+    pub pos: Pos,
+    pub size: u32,
+    pub ty: KeyType,
+    pub value: &'a [u8],
+}
+
 /// Decodes one key from the front of `b`; returns it and the bytes consumed.
 pub fn decode_key(b: &[u8]) -> Result<(Key, usize), KeyDecodeError> {
+    let (k, used) = decode_key_ref(b)?;
+    Ok((
+        Key {
+            pos: k.pos,
+            size: k.size,
+            ty: k.ty,
+            value: k.value.to_vec(),
+        },
+        used,
+    ))
+}
+
+/// [`decode_key`] without copying the value.
+pub fn decode_key_ref(b: &[u8]) -> Result<(KeyRef<'_>, usize), KeyDecodeError> {
     if b.len() < KEY_HEADER_BYTES {
         return Err(KeyDecodeError::Truncated);
     }
@@ -96,9 +119,9 @@ pub fn decode_key(b: &[u8]) -> Result<(Key, usize), KeyDecodeError> {
     if b.len() < total {
         return Err(KeyDecodeError::Truncated);
     }
-    let value = b[KEY_HEADER_BYTES..KEY_HEADER_BYTES + value_len as usize].to_vec();
+    let value = &b[KEY_HEADER_BYTES..KEY_HEADER_BYTES + value_len as usize];
     Ok((
-        Key {
+        KeyRef {
             pos,
             size,
             ty,
