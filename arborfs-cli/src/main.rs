@@ -79,8 +79,9 @@ enum Cmd {
         /// Mount options: ro, rw, allow_other, noatime, nodev, nosuid, noexec,
         /// size=SIZE (of a new image, default 1G), remount,
         /// compression=none|lz4|zstd[:LEVEL] (files without their own
-        /// option; default: the image's), and the generic
-        /// mount(8) options, which are ignored.
+        /// option; default: the image's), cache_size=SIZE (page cache,
+        /// default 64M), readahead=SIZE (kernel readahead, default 4M; root),
+        /// and the generic mount(8) options, which are ignored.
         #[arg(short = 'o', default_value = "")]
         options: Vec<String>,
         image: PathBuf,
@@ -88,6 +89,9 @@ enum Cmd {
     },
     /// Unmount and wait until the daemon has closed the image cleanly.
     Umount { mountpoint: PathBuf },
+    /// Write back and make durable everything on a mounted filesystem
+    /// (sync(1) and syncfs(2) do not reach a FUSE daemon).
+    Sync { mountpoint: PathBuf },
     /// Show capacity, data, metadata and free space of an image or mount.
     Usage {
         #[arg(long)]
@@ -226,6 +230,7 @@ fn run(cli: Cli) -> ExitCode {
             mountpoint,
         } => mount_cmd::cmd_mount(&image, &mountpoint, &options.join(","), foreground),
         Cmd::Umount { mountpoint } => mount_cmd::cmd_umount(&mountpoint),
+        Cmd::Sync { mountpoint } => mount_cmd::cmd_sync(&mountpoint),
         Cmd::Usage { json, path } => mount_cmd::cmd_usage(&path, json),
         Cmd::ShowSuper { json, image } => show_super(&image, json),
         Cmd::List {

@@ -348,9 +348,9 @@ fn spawn_signal_thread(set: libc::sigset_t, mnt: PathBuf) -> Result<()> {
 // ---------------------------------------------------------------------------
 // umount
 
-/// `arborfs umount MOUNTPOINT`: unmounts and waits until the daemon has
-/// closed the image (its lock is free) and the image is clean.
-pub fn cmd_umount(mountpoint: &Path) -> Result<()> {
+/// The canonical mount point and mount entry of the ArborFS mount at
+/// `mountpoint`, or an error saying what is there instead.
+fn arborfs_mount(mountpoint: &Path) -> Result<(PathBuf, MountEntry)> {
     let mnt = mountpoint
         .canonicalize()
         .with_context(|| format!("mount point {}", mountpoint.display()))?;
@@ -359,6 +359,25 @@ pub fn cmd_umount(mountpoint: &Path) -> Result<()> {
     if entry.fstype != want {
         bail!("{} is a {} mount, not {want}", mnt.display(), entry.fstype);
     }
+    Ok((mnt, entry))
+}
+
+/// `arborfs sync MOUNTPOINT`: everything written to the mount so far is on
+/// disk when it returns. Linux sends no FUSE request for sync(2) or
+/// syncfs(2) (FUSE_SYNCFS goes to virtiofs only), so this fsyncs the mount
+/// point directory, which the daemon answers by writing back all cached
+/// data and flushing the journal and the device.
+pub fn cmd_sync(mountpoint: &Path) -> Result<()> {
+    let (mnt, _) = arborfs_mount(mountpoint)?;
+    std::fs::File::open(&mnt)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("sync of {} failed", mnt.display()))
+}
+
+/// `arborfs umount MOUNTPOINT`: unmounts and waits until the daemon has
+/// closed the image (its lock is free) and the image is clean.
+pub fn cmd_umount(mountpoint: &Path) -> Result<()> {
+    let (mnt, entry) = arborfs_mount(mountpoint)?;
     let image = PathBuf::from(&entry.source);
     match fuse::unmount(&mnt, false) {
         Ok(()) => {}
