@@ -734,12 +734,7 @@ fn kill_9_keeps_everything_fsynced() {
     expect[0].0 = f.p("renamed0");
     // Unsynced work that may or may not survive.
     fs::write(f.p("maybe"), b"not synced").unwrap();
-    let mut child = f.child.take().unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    // The dead mount must be detached before mounting again.
-    let _ = run_timeout(Command::new("umount").arg("-l").arg(&f.mnt), WAIT);
-    assert!(!is_mounted(&f.mnt));
+    f.kill_9();
     f.mount_fg("");
     for (p, data) in &expect {
         assert_eq!(
@@ -766,11 +761,7 @@ fn arborfs_sync_makes_buffered_writes_durable() {
     fs::create_dir(f.p("dir")).unwrap();
     let out = arborfs(&["sync", f.mnt()]);
     assert!(out.status.success(), "arborfs sync: {}", out.stderr);
-    let mut child = f.child.take().unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let _ = run_timeout(Command::new("umount").arg("-l").arg(&f.mnt), WAIT);
-    assert!(!is_mounted(&f.mnt));
+    f.kill_9();
     f.mount_fg("");
     assert!(fs::read(f.p("buffered")).unwrap() == data);
     assert!(f.p("dir").is_dir());

@@ -236,6 +236,16 @@ impl Fixture {
         self.reap_child();
     }
 
+    /// Kills the `-f` daemon with SIGKILL (a crash) and detaches the dead
+    /// mount, so the image can be mounted again.
+    pub fn kill_9(&mut self) {
+        let mut child = self.child.take().expect("mounted with mount_fg");
+        child.kill().unwrap();
+        wait_child(&mut child, WAIT).expect("killed daemon did not exit");
+        let _ = run_timeout(Command::new("umount").arg("-l").arg(&self.mnt), WAIT);
+        assert!(!is_mounted(&self.mnt));
+    }
+
     pub fn reap_child(&mut self) {
         if let Some(mut c) = self.child.take() {
             let s = wait_child(&mut c, WAIT).unwrap_or_else(|| {
