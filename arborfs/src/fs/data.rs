@@ -354,7 +354,7 @@ impl FsCore {
             return Ok(n);
         }
         let raw = self.prefetch_units(&partial)?;
-        let mut unit: Option<(u64, Vec<u8>)> = None;
+        let mut unit: Option<(u64, Cow<'_, [u8]>)> = None;
         for p in partial {
             let data = match &unit {
                 Some((at, d)) if *at == p.ptr.dev_sector => d,
@@ -475,10 +475,15 @@ impl FsCore {
 
     /// Verifies one stored unit (read now unless `raw` holds its bytes);
     /// returns it uncompressed.
-    fn read_unit(&self, v: &ExtentValue, ptr: &ExtentPtr, raw: Option<&[u8]>) -> FsResult<Vec<u8>> {
+    fn read_unit<'a>(
+        &self,
+        v: &ExtentValue,
+        ptr: &ExtentPtr,
+        raw: Option<&'a [u8]>,
+    ) -> FsResult<Cow<'a, [u8]>> {
         self.check_generation(ptr)?;
         let want = v.stored_sectors as usize * SECTOR_BYTES as usize;
-        let data: Cow<'_, [u8]> = match raw {
+        let data: Cow<'a, [u8]> = match raw {
             Some(d) if d.len() == want => Cow::Borrowed(d),
             _ => {
                 let mut d = vec![0u8; want];
@@ -488,16 +493,17 @@ impl FsCore {
         };
         verify_unit(v, ptr, &data)?;
         if v.compression == 0 {
-            return Ok(data.into_owned());
+            return Ok(data);
         }
         let len = v.uncompressed_sectors as usize * SECTOR_BYTES as usize;
-        compress::decompress_unit(v.compression, &data, len).map_err(|e| {
+        let plain = compress::decompress_unit(v.compression, &data, len).map_err(|e| {
             tracing::error!(sector = ptr.dev_sector, "bad compressed data: {e}");
             FsError::Io(format!(
                 "bad compressed data at sector {}: {e}",
                 ptr.dev_sector
             ))
-        })
+        })?;
+        Ok(Cow::Owned(plain))
     }
 
     /// Writes `data` at `offset` straight to disk (new extents and the
