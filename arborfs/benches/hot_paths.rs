@@ -15,31 +15,20 @@ use arborfs::fs::{Caller, Fs, FsOptions, InodeNo, ROOT_INO, S_IFREG};
 use arborfs::sb::FormatOptions;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::pattern;
+
 const FILE_BYTES: u64 = 16 << 20;
 
+/// Compressible: numbered lines of text.
 fn text(n: usize) -> Vec<u8> {
-    let words = ["alpha", "beta", "gamma", "delta", "sector", "bucket"];
-    let mut s = Vec::with_capacity(n + 16);
-    let mut i = 0u64;
-    while s.len() < n {
-        s.extend_from_slice(words[(i * 7 % 6) as usize].as_bytes());
-        s.extend_from_slice(format!(" {} ", i * 31 % 1000).as_bytes());
-        i += 1;
-    }
+    let mut s: Vec<u8> = (0..)
+        .flat_map(|i| format!("line {i} of a log file\n").into_bytes())
+        .take(n)
+        .collect();
     s.truncate(n);
     s
-}
-
-fn random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// A filesystem in memory with one fsynced file of `FILE_BYTES`.
@@ -62,7 +51,7 @@ fn fs_with_file() -> (Fs, InodeNo) {
         .mknod(&me, ROOT_INO, b"f", S_IFREG | 0o644, 0)
         .unwrap()
         .ino;
-    fs.write(&me, ino, 0, &random(FILE_BYTES as usize, 5))
+    fs.write(&me, ino, 0, &pattern(5, FILE_BYTES as usize))
         .unwrap();
     fs.fsync(ino, false).unwrap();
     (fs, ino)
@@ -97,7 +86,7 @@ fn reads(c: &mut Criterion) {
 fn writes(c: &mut Criterion) {
     let (fs, ino) = fs_with_file();
     let me = Caller::root();
-    let data = random(4096, 9);
+    let data = pattern(9, 4096);
     let mut next = offsets();
     let mut g = c.benchmark_group("write_4k");
     g.throughput(Throughput::Bytes(4096));
@@ -120,7 +109,7 @@ fn writes(c: &mut Criterion) {
 fn compression(c: &mut Criterion) {
     let mut g = c.benchmark_group("compress_128k");
     g.throughput(Throughput::Bytes(128 << 10));
-    let (txt, rnd) = (text(128 << 10), random(128 << 10, 3));
+    let (txt, rnd) = (text(128 << 10), pattern(3, 128 << 10));
     for name in ["lz4", "zstd"] {
         let comp = Compression::parse(name).unwrap();
         g.bench_function(format!("{name}_text"), |b| {

@@ -3,6 +3,8 @@
 //! fsync, direct IO and the cache stay coherent, and concurrent buffered,
 //! direct and truncating IO on one file ends in a state a model explains.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +14,7 @@ use arborfs::fs::{Caller, Fs, FsOptions, InodeNo, ROOT_INO, S_IFREG};
 use arborfs::key::Pos;
 use arborfs::sb::FormatOptions;
 use arborfs::{BtreeId, KeyType};
+use common::pattern;
 
 fn opts(background: bool, page_cache_bytes: usize) -> FsOptions {
     FsOptions {
@@ -47,18 +50,6 @@ fn extents(fs: &Fs, ino: InodeNo) -> Vec<(u64, u64)> {
         .map(|k| k.unwrap())
         .filter(|k| k.ty == KeyType::Extent)
         .map(|k| (k.start(), k.end()))
-        .collect()
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
         .collect()
 }
 

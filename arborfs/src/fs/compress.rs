@@ -244,15 +244,10 @@ mod tests {
         s
     }
 
+    /// Incompressible bytes: a hash of each position.
     fn random(n: usize) -> Vec<u8> {
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
+        (0..n as u64)
+            .map(|i| xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes()) as u8)
             .collect()
     }
 

@@ -27,3 +27,16 @@ pub fn mem_engine(size: u64) -> (Arc<MemDevice>, Engine) {
     .unwrap();
     (dev, e)
 }
+
+/// `len` pseudo-random bytes (xorshift), the same for the same `seed`.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
