@@ -561,6 +561,12 @@ impl PageCache {
                             idxs.push(*idx);
                         }
                     }
+                    if !idxs.is_empty() {
+                        // A reader that read the disk before these pages
+                        // were written back (and then evicted) holds older
+                        // bytes for them: its fill must not land.
+                        p.generation = self.next_generation();
+                    }
                     for idx in idxs {
                         p.pages.remove(&idx);
                         gone += 1;
@@ -626,6 +632,31 @@ mod tests {
         c.meta_written(1, &meta);
         assert_eq!(c.dirty_pages(1), 1, "page 0 changed after the copy");
         assert!(c.needs_writeback(1));
+    }
+
+    #[test]
+    fn fill_from_before_a_writeback_and_eviction_is_dropped() {
+        let c = PageCache::new(1 << 20);
+        c.write(4, 5 * PAGE, &[7u8; 8192], 64 * PAGE, t()).unwrap();
+        // A reader starts now (after the write) and reads the old disk copy.
+        let g = c.generation(4);
+        let (runs, meta) = c.dirty_runs(4, 256);
+        c.run_written(4, &runs[0]);
+        c.meta_written(4, &meta);
+        // Other pages of the file push the now clean page 5 out, while
+        // page 6, read all along, stays (so the inode's entry stays too).
+        let mut buf = vec![0u8; 4096];
+        let mut hit = Vec::new();
+        for i in 100..700 {
+            c.fill(4, i, &[1u8; 4096], c.generation(4));
+            c.read(4, 6 * PAGE, &mut buf, &mut hit);
+        }
+        assert_eq!(hit, vec![true], "page 6 stays");
+        c.read(4, 5 * PAGE, &mut buf, &mut hit);
+        assert_eq!(hit, vec![false], "evicted");
+        c.fill(4, 5, &[0u8; 4096], g);
+        c.read(4, 5 * PAGE, &mut buf, &mut hit);
+        assert_eq!(hit, vec![false], "the old disk copy was cached");
     }
 
     #[test]
