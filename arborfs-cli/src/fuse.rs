@@ -305,9 +305,22 @@ impl ArborFuse {
     /// and mappings of the file may hold older pages), copy_file_range
     /// destinations, fallocate.
     fn invalidate(&self, ino: INodeNo, offset: u64, len: u64) {
+        let len = i64::try_from(len).unwrap_or(i64::MAX);
+        let offset = i64::try_from(offset).unwrap_or(i64::MAX);
+        self.notify_inval(ino, offset, len);
+    }
+
+    /// Makes the kernel forget its cached attributes of `ino` (the mode a
+    /// write just changed by clearing setuid/setgid: under
+    /// HANDLE_KILLPRIV_V2 the kernel would otherwise keep honoring the
+    /// old setuid bit until the attribute timeout).
+    fn invalidate_attrs(&self, ino: INodeNo) {
+        // A negative offset: attributes only, no pages.
+        self.notify_inval(ino, -1, 0);
+    }
+
+    fn notify_inval(&self, ino: INodeNo, offset: i64, len: i64) {
         if let Some(n) = self.notifier.get() {
-            let len = i64::try_from(len).unwrap_or(i64::MAX);
-            let offset = i64::try_from(offset).unwrap_or(i64::MAX);
             // ENOENT: the kernel has no such inode cached; nothing to drop.
             if let Err(e) = n.inval_inode(ino, offset, len)
                 && e.raw_os_error() != Some(libc::ENOENT)
@@ -634,18 +647,24 @@ impl Filesystem for ArborFuse {
         reply: ReplyWrite,
     ) {
         let who = caller(req);
-        if fh.0 & DIRECT_FH != 0 {
-            match self.fs.write_direct(&who, node_to_ino(ino), offset, data) {
-                Ok(n) => {
+        let direct = fh.0 & DIRECT_FH != 0;
+        let r = if direct {
+            self.fs
+                .write_direct_reporting(&who, node_to_ino(ino), offset, data)
+        } else {
+            self.fs
+                .write_reporting(&who, node_to_ino(ino), offset, data)
+        };
+        match r {
+            Ok(w) => {
+                if direct {
                     self.invalidate(ino, offset, data.len() as u64);
-                    reply.written(n as u32)
                 }
-                Err(e) => reply.error(errno(&e)),
+                if w.cleared_setid {
+                    self.invalidate_attrs(ino);
+                }
+                reply.written(w.bytes as u32)
             }
-            return;
-        }
-        match self.fs.write(&who, node_to_ino(ino), offset, data) {
-            Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }
     }

@@ -403,18 +403,40 @@ fn writes_and_truncates_by_others_clear_setuid() {
     assert_eq!(
         mode(&p),
         0o755,
-        "a write by the owner (not root) keeps setuid"
+        "a write by the owner (not root) must clear setuid/setgid"
     );
     fs::set_permissions(&p, fs::Permissions::from_mode(0o6755)).unwrap();
     as_user(1000, "truncate -s 1 \"$1\"");
     assert_eq!(
         mode(&p),
         0o755,
-        "a truncate by the owner (not root) keeps setuid"
+        "a truncate by the owner (not root) must clear setuid/setgid"
     );
     fs::set_permissions(&p, fs::Permissions::from_mode(0o6755)).unwrap();
     as_user(0, "printf y >> \"$1\"; truncate -s 3 \"$1\"");
-    assert_eq!(mode(&p), 0o6755, "root's write and truncate clear setuid");
+    assert_eq!(
+        mode(&p),
+        0o6755,
+        "root's write and truncate must keep setuid"
+    );
+
+    // The kernel must not go on honoring a setuid bit a write just cleared:
+    // a setuid-root program that another user appends to and runs at once
+    // runs as that user.
+    let id = f.p("id");
+    fs::copy("/usr/bin/id", &id).unwrap();
+    fs::set_permissions(&id, fs::Permissions::from_mode(0o4757)).unwrap();
+    let out = run_timeout(
+        Command::new("sh")
+            .args(["-c", "printf '\\0' >> \"$1\" && \"$1\" -u", "sh"])
+            .arg(&id)
+            .uid(1000)
+            .gid(1000),
+        WAIT,
+    );
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "1000", "ran with the cleared setuid bit");
+    assert_eq!(mode(&id), 0o757);
     f.umount();
 }
 

@@ -210,7 +210,7 @@ impl FsCore {
 
     /// Writes `data` at `offset` into the page cache, extending the file as
     /// needed; written back later (fsync, sync, memory pressure, age,
-    /// close). When free space runs low it writes through instead, so a
+    /// unmount). When free space runs low it writes through instead, so a
     /// full filesystem fails the write itself with `NoSpace`.
     pub fn write(
         &self,
@@ -219,13 +219,29 @@ impl FsCore {
         offset: u64,
         data: &[u8],
     ) -> FsResult<usize> {
+        self.write_reporting(caller, ino, offset, data)
+            .map(|w| w.bytes)
+    }
+
+    /// `write`, also saying whether it cleared setuid/setgid (a cache above,
+    /// like the kernel's, then holds an outdated mode).
+    pub fn write_reporting(
+        &self,
+        caller: &Caller,
+        ino: InodeNo,
+        offset: u64,
+        data: &[u8],
+    ) -> FsResult<Written> {
         if data.is_empty() {
-            return Ok(0);
+            return Ok(Written::default());
         }
         let (mut l, v, size) = self.lock_for_write(ino, offset, data.len())?;
-        let mut killed = v.clone();
-        kill_suid(caller, &mut killed);
-        if killed.mode != v.mode {
+        let cleared_setid = clears_setid(caller, &v);
+        let written = |bytes| Written {
+            bytes,
+            cleared_setid,
+        };
+        if cleared_setid {
             self.tx(Durability::Lazy, |tx| {
                 let mut v = read_inode(tx, ino)?;
                 kill_suid(caller, &mut v);
@@ -235,7 +251,9 @@ impl FsCore {
             })?;
         }
         if !self.room_for_buffered(data.len() as u64) {
-            return self.write_uncached(&mut l, caller, ino, offset, data);
+            return self
+                .write_uncached(&mut l, caller, ino, offset, data)
+                .map(written);
         }
         Self::add_pagecache_lock(&mut l, ino, PagecacheMode::Add);
         let now = Timespec::now();
@@ -257,7 +275,7 @@ impl FsCore {
             self.writeback_inode_locked(ino)?;
         }
         self.pages.evict_if_needed();
-        Ok(data.len())
+        Ok(written(data.len()))
     }
 
     /// Whether free space covers all dirty data plus this write and a margin.
@@ -288,11 +306,28 @@ impl FsCore {
         offset: u64,
         data: &[u8],
     ) -> FsResult<usize> {
+        self.write_direct_reporting(caller, ino, offset, data)
+            .map(|w| w.bytes)
+    }
+
+    /// `write_direct`, also saying whether it cleared setuid/setgid.
+    pub fn write_direct_reporting(
+        &self,
+        caller: &Caller,
+        ino: InodeNo,
+        offset: u64,
+        data: &[u8],
+    ) -> FsResult<Written> {
         if data.is_empty() {
-            return Ok(0);
+            return Ok(Written::default());
         }
-        let (mut l, _, _) = self.lock_for_write(ino, offset, data.len())?;
-        self.write_uncached(&mut l, caller, ino, offset, data)
+        let (mut l, v, _) = self.lock_for_write(ino, offset, data.len())?;
+        let cleared_setid = clears_setid(caller, &v);
+        let bytes = self.write_uncached(&mut l, caller, ino, offset, data)?;
+        Ok(Written {
+            bytes,
+            cleared_setid,
+        })
     }
 
     /// Writes to disk with the pagecache block lock held, after writing
@@ -545,6 +580,22 @@ impl FsCore {
 
 fn stripe(ino: InodeNo, n: usize) -> usize {
     (ino.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % n
+}
+
+/// What a write did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Bytes written.
+    pub bytes: usize,
+    /// The write cleared setuid/setgid (the writer is not root).
+    pub cleared_setid: bool,
+}
+
+/// Whether a write by `caller` clears setuid/setgid of `v`.
+fn clears_setid(caller: &Caller, v: &InodeValue) -> bool {
+    let mut killed = v.clone();
+    kill_suid(caller, &mut killed);
+    killed.mode != v.mode
 }
 
 /// Largest scratch buffer a thread keeps between reads.

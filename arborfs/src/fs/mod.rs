@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
+pub use buffered::Written;
 pub use data::{FallocFlags, SeekWhence};
 pub use dirent::DirEntry;
 pub use error::{FsError, FsResult};
