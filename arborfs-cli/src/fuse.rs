@@ -648,14 +648,10 @@ impl Filesystem for ArborFuse {
     ) {
         let who = caller(req);
         let direct = fh.0 & DIRECT_FH != 0;
-        let r = if direct {
-            self.fs
-                .write_direct_reporting(&who, node_to_ino(ino), offset, data)
-        } else {
-            self.fs
-                .write_reporting(&who, node_to_ino(ino), offset, data)
-        };
-        match r {
+        match self
+            .fs
+            .write_reporting(&who, node_to_ino(ino), offset, data, direct)
+        {
             Ok(w) => {
                 if direct {
                     self.invalidate(ino, offset, data.len() as u64);
@@ -1167,8 +1163,10 @@ pub fn mount(fs: Arc<Fs>, image: &Path, mountpoint: &Path, o: &MountOpts) -> Res
     let adapter = ArborFuse::new(fs.clone());
     let notifier = adapter.notifier.clone();
     let mounted = mount_session(adapter, &notifier, image, mountpoint, o, config)?;
-    // Before the session runs, so the INIT handshake keeps the new window.
-    // The kernel reading ahead makes the page cache's own readahead a
+    // The INIT reply caps the window at what we reply there; `init`
+    // accepts whatever the kernel offers, so the new window holds whether
+    // the handshake ran before this write or runs after it. The kernel
+    // reading ahead makes the page cache's own readahead a
     // second copy of the same pages: turn that off if it worked (if not,
     // not root: the kernel's default window and ours stay).
     if set_kernel_readahead(mountpoint, o.readahead.unwrap_or(DEFAULT_KERNEL_READAHEAD)).is_ok() {
@@ -1301,6 +1299,10 @@ fn mount_direct(image: &Path, mountpoint: &Path, o: &MountOpts) -> Result<OwnedF
 /// takes a remount without the daemon; a read-only remount makes the
 /// kernel refuse writes with EROFS.
 pub fn remount(mountpoint: &Path, o: &MountOpts) -> Result<()> {
+    if let Some(bytes) = o.readahead {
+        set_kernel_readahead(mountpoint, bytes)
+            .with_context(|| format!("cannot set the readahead of {}", mountpoint.display()))?;
+    }
     let target = cstr(mountpoint)?;
     let mut flags = libc::MS_REMOUNT;
     for (on, f) in [

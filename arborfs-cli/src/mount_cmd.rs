@@ -369,8 +369,16 @@ fn arborfs_mount(mountpoint: &Path) -> Result<(PathBuf, MountEntry)> {
 /// data and flushing the journal and the device.
 pub fn cmd_sync(mountpoint: &Path) -> Result<()> {
     let (mnt, _) = arborfs_mount(mountpoint)?;
-    std::fs::File::open(&mnt)
-        .and_then(|d| d.sync_all())
+    let dir =
+        std::fs::File::open(&mnt).with_context(|| format!("cannot open {}", mnt.display()))?;
+    // First the kernel's own dirty pages (shared mappings) go to the
+    // daemon, then the daemon writes everything out.
+    // SAFETY: `dir` is an open descriptor for the duration of the call.
+    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("syncfs of {} failed", mnt.display()));
+    }
+    dir.sync_all()
         .with_context(|| format!("sync of {} failed", mnt.display()))
 }
 

@@ -360,6 +360,11 @@ fn readahead_option_sets_the_kernel_window() {
     let dev = entry.split(' ').nth(2).unwrap();
     let kb = fs::read_to_string(format!("/sys/class/bdi/{dev}/read_ahead_kb")).unwrap();
     assert_eq!(kb.trim(), "3072");
+    // A remount changes it.
+    let out = arborfs(&["mount", "-o", "remount,readahead=5M", f.image(), f.mnt()]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let kb = fs::read_to_string(format!("/sys/class/bdi/{dev}/read_ahead_kb")).unwrap();
+    assert_eq!(kb.trim(), "5120");
     // Sequential reads through the big window return the file.
     let data = pattern(20 << 20, 5);
     fs::write(f.p("big"), &data).unwrap();

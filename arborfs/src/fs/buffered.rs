@@ -219,24 +219,33 @@ impl FsCore {
         offset: u64,
         data: &[u8],
     ) -> FsResult<usize> {
-        self.write_reporting(caller, ino, offset, data)
+        self.write_reporting(caller, ino, offset, data, false)
             .map(|w| w.bytes)
     }
 
-    /// `write`, also saying whether it cleared setuid/setgid (a cache above,
-    /// like the kernel's, then holds an outdated mode).
+    /// `write` (or, if `direct`, `write_direct`), also saying whether it
+    /// cleared setuid/setgid (a cache above, like the kernel's, then holds
+    /// an outdated mode).
     pub fn write_reporting(
         &self,
         caller: &Caller,
         ino: InodeNo,
         offset: u64,
         data: &[u8],
+        direct: bool,
     ) -> FsResult<Written> {
         if data.is_empty() {
             return Ok(Written::default());
         }
         let (mut l, v, size) = self.lock_for_write(ino, offset, data.len())?;
         let cleared_setid = clears_setid(caller, &v);
+        if direct {
+            let bytes = self.write_uncached(&mut l, caller, ino, offset, data)?;
+            return Ok(Written {
+                bytes,
+                cleared_setid,
+            });
+        }
         let written = |bytes| Written {
             bytes,
             cleared_setid,
@@ -306,28 +315,8 @@ impl FsCore {
         offset: u64,
         data: &[u8],
     ) -> FsResult<usize> {
-        self.write_direct_reporting(caller, ino, offset, data)
+        self.write_reporting(caller, ino, offset, data, true)
             .map(|w| w.bytes)
-    }
-
-    /// `write_direct`, also saying whether it cleared setuid/setgid.
-    pub fn write_direct_reporting(
-        &self,
-        caller: &Caller,
-        ino: InodeNo,
-        offset: u64,
-        data: &[u8],
-    ) -> FsResult<Written> {
-        if data.is_empty() {
-            return Ok(Written::default());
-        }
-        let (mut l, v, _) = self.lock_for_write(ino, offset, data.len())?;
-        let cleared_setid = clears_setid(caller, &v);
-        let bytes = self.write_uncached(&mut l, caller, ino, offset, data)?;
-        Ok(Written {
-            bytes,
-            cleared_setid,
-        })
     }
 
     /// Writes to disk with the pagecache block lock held, after writing
