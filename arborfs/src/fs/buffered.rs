@@ -467,12 +467,25 @@ impl FsCore {
         while i < runs.len() {
             let mut stored = Vec::new();
             let mut bytes = 0;
+            let mut failed = None;
             while i < runs.len() && stored.len() < RUNS_PER_TX && bytes < BYTES_PER_TX {
                 let run = &runs[i];
                 let start = run.first * PAGE;
-                stored.push((start, self.store(ino, start, &run.data, comp)?, run));
+                match self.store(ino, start, &run.data, comp) {
+                    Ok(st) => stored.push((start, st, run)),
+                    // Commit what is stored (e.g. up to ENOSPC), then fail.
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
                 bytes += run.data.len();
                 i += 1;
+            }
+            if stored.is_empty()
+                && let Some(e) = failed
+            {
+                return Err(e);
             }
             self.tx(Durability::Lazy, |tx| {
                 let mut v = read_inode(tx, ino)?;
@@ -495,6 +508,9 @@ impl FsCore {
             })?;
             for (_, _, run) in &stored {
                 self.pages.run_written(ino.0, run);
+            }
+            if let Some(e) = failed {
+                return Err(e);
             }
         }
         if meta.size.is_some() || meta.times.is_some() {
