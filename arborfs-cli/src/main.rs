@@ -449,15 +449,8 @@ fn list(image: &Path, btree: &str, start: Pos, end: Pos, as_json: bool) -> Resul
         format!("unknown btree {btree:?}; one of: {}", names.join(", "))
     })?;
     let dev = open_dev(image, false)?;
-    let engine = Engine::open(
-        dev,
-        EngineOptions {
-            read_only: true,
-            background: false,
-            ..Default::default()
-        },
-    )
-    .with_context(|| format!("cannot open {}", image.display()))?;
+    let engine = Engine::open(dev, EngineOptions::inspect())
+        .with_context(|| format!("cannot open {}", image.display()))?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     use std::io::Write;
     for k in engine.iter(id, start, end) {

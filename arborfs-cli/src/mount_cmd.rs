@@ -450,11 +450,7 @@ fn usage_of_image(image: &Path) -> Result<Usage> {
     let fs = Fs::open(
         dev,
         FsOptions {
-            engine: EngineOptions {
-                read_only: true,
-                background: false,
-                ..Default::default()
-            },
+            engine: EngineOptions::inspect(),
             ..Default::default()
         },
     )

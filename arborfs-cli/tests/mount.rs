@@ -349,11 +349,7 @@ fn drop_caches_xattr_is_a_control() {
 #[test]
 fn readahead_option_sets_the_kernel_window() {
     require_fuse!();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: setting a mount's readahead needs root");
-        return;
-    }
+    require_root!("setting a mount's readahead");
     let mut f = Fixture::new();
     f.mount_fg("size=64M,readahead=3M");
     let entry = common::mount_entry(&f.mnt).unwrap();
@@ -380,11 +376,7 @@ fn readahead_option_sets_the_kernel_window() {
 fn writes_and_truncates_by_others_clear_setuid() {
     use std::os::unix::process::CommandExt;
     require_fuse!();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to act as another user");
-        return;
-    }
+    require_root!("acting as another user");
     let mut f = Fixture::new();
     f.mount_fg("size=64M");
     fs::set_permissions(&f.mnt, fs::Permissions::from_mode(0o777)).unwrap();

@@ -56,6 +56,18 @@ impl Default for EngineOptions {
     }
 }
 
+impl EngineOptions {
+    /// For inspecting an image (list, usage, fsck -n): nothing written, no
+    /// background thread.
+    pub fn inspect() -> EngineOptions {
+        EngineOptions {
+            read_only: true,
+            background: false,
+            ..Default::default()
+        }
+    }
+}
+
 /// Statistics for tests and tools.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EngineStats {

@@ -22,18 +22,24 @@ fn opts() -> FsOptions {
 }
 
 /// A filesystem with directories, files with data, a symlink and a hard link.
-fn populated() -> (Arc<MemDevice>, InodeNo, InodeNo) {
+/// A fresh 64 MiB filesystem in memory with b-tree nodes of `node_size`.
+fn new_fs(node_size: u32) -> (Arc<MemDevice>, Fs) {
     let dev = Arc::new(MemDevice::new(64 << 20));
     Fs::format(
         dev.clone(),
         &FormatOptions {
             bucket_size: 256 << 10,
-            node_size: 64 << 10,
+            node_size,
             ..Default::default()
         },
     )
     .unwrap();
     let fs = Fs::open(dev.clone() as Arc<dyn Device>, opts()).unwrap();
+    (dev, fs)
+}
+
+fn populated() -> (Arc<MemDevice>, InodeNo, InodeNo) {
+    let (dev, fs) = new_fs(64 << 10);
     let me = Caller::root();
     let d = fs.mkdir(&me, ROOT_INO, b"dir", 0o755).unwrap().ino;
     let mut last = ROOT_INO;
@@ -367,17 +373,7 @@ fn damaged_node_is_reported_not_a_panic() {
 /// reads back.
 #[test]
 fn damaged_leaf_node_is_replaced_and_orphans_reconnected() {
-    let dev = Arc::new(MemDevice::new(64 << 20));
-    Fs::format(
-        dev.clone(),
-        &FormatOptions {
-            bucket_size: 256 << 10,
-            node_size: 16 << 10,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let fs = Fs::open(dev.clone() as Arc<dyn Device>, opts()).unwrap();
+    let (dev, fs) = new_fs(16 << 10);
     let me = Caller::root();
     let d = fs.mkdir(&me, ROOT_INO, b"d", 0o755).unwrap().ino;
     let mut files = Vec::new();
@@ -455,11 +451,7 @@ fn damaged_leaf_node_is_replaced_and_orphans_reconnected() {
 
 fn ro_opts() -> FsOptions {
     FsOptions {
-        engine: EngineOptions {
-            read_only: true,
-            background: false,
-            ..Default::default()
-        },
+        engine: EngineOptions::inspect(),
         ..Default::default()
     }
 }

@@ -5,7 +5,7 @@
 //! broken mount never hangs the run.
 //!
 //! Each test binary uses a different subset.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -41,6 +41,19 @@ macro_rules! require_fuse {
         if !$crate::common::fuse_usable() {
             // CI installs and can use FUSE: there a missing FUSE is a failure.
             assert!(std::env::var_os("CI").is_none(), "FUSE is not usable on CI");
+            return;
+        }
+    };
+}
+
+/// Skips a test that needs root (`$why` says for what), except on CI,
+/// which runs as root: there a non-root run is a failure, not a skip.
+macro_rules! require_root {
+    ($why:expr) => {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(std::env::var_os("CI").is_none(), "not root on CI");
+            eprintln!("skipped: {} needs root", $why);
             return;
         }
     };
