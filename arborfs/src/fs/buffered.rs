@@ -15,7 +15,7 @@ use arborfs_iolock::{IoMode, LockSet, PagecacheMode};
 use parking_lot::Mutex;
 
 use super::FsCore;
-use super::data::{Around, Stored, add_extents, kill_suid, regular};
+use super::data::{Stored, add_extents, kill_suid, regular};
 use super::error::{FsError, FsResult};
 use super::inode::{MAX_FILE_SIZE, read_inode, write_inode};
 use super::inode_format::InodeValue;
@@ -144,18 +144,19 @@ impl FsCore {
             if self.opts.upper_cache {
                 // Straight into the caller's buffer; only readahead is kept.
                 let dst = &mut out[(from - offset) as usize..(to - offset) as usize];
-                let mut around = Around::new();
-                let got = self.read_inner_around(ino, from, dst, Some(&mut around))?;
+                let mut keep =
+                    |off: u64, bytes: &[u8]| self.keep_around(ino, off, bytes, (a, b), generation);
+                let got = self.read_inner_around(ino, from, dst, Some(&mut keep))?;
                 dst[got..].fill(0);
-                self.keep_around(ino, &around, (a, b), generation);
                 if fill_end > b {
                     self.fill_pages(ino, b, fill_end, generation)?;
                 }
             } else {
                 with_scratch(((fill_end - a) * PAGE) as usize, |data| {
-                    let mut around = Around::new();
-                    let got = self.read_inner_around(ino, a * PAGE, data, Some(&mut around))?;
-                    self.keep_around(ino, &around, (a, fill_end), generation);
+                    let mut keep = |off: u64, bytes: &[u8]| {
+                        self.keep_around(ino, off, bytes, (a, fill_end), generation)
+                    };
+                    let got = self.read_inner_around(ino, a * PAGE, data, Some(&mut keep))?;
                     // Past the on-disk end: zeros up to the in-memory size.
                     data[got..].fill(0);
                     out[(from - offset) as usize..(to - offset) as usize].copy_from_slice(
@@ -170,24 +171,22 @@ impl FsCore {
         Ok(n)
     }
 
-    /// Caches the pages of `around` (verified bytes a read got beyond what
-    /// it asked for) outside `skip`, a page range the caller handles: a
-    /// small read inside a checksummed or compressed unit reads the whole
-    /// unit, and its neighbours are then free to serve.
-    fn keep_around(&self, ino: InodeNo, around: &Around, skip: (u64, u64), generation: u64) {
-        for (off, bytes) in around {
-            let (first, end) = (off / PAGE, off / PAGE + bytes.len() as u64 / PAGE);
-            let page_bytes = |p: u64| ((p - first) * PAGE) as usize;
-            if first < skip.0 {
-                let to = end.min(skip.0);
-                self.pages
-                    .fill(ino.0, first, &bytes[..page_bytes(to)], generation);
-            }
-            if end > skip.1 {
-                let from = first.max(skip.1);
-                self.pages
-                    .fill(ino.0, from, &bytes[page_bytes(from)..], generation);
-            }
+    /// Caches the whole pages `bytes` at file offset `off` (verified bytes a
+    /// read got beyond what it asked for) outside `skip`, a page range the
+    /// caller handles: a small read inside a checksummed or compressed unit
+    /// reads the whole unit, and its neighbours are then free to serve.
+    fn keep_around(&self, ino: InodeNo, off: u64, bytes: &[u8], skip: (u64, u64), generation: u64) {
+        let (first, end) = (off / PAGE, off / PAGE + bytes.len() as u64 / PAGE);
+        let page_bytes = |p: u64| ((p - first) * PAGE) as usize;
+        if first < skip.0 {
+            let to = end.min(skip.0);
+            self.pages
+                .fill(ino.0, first, &bytes[..page_bytes(to)], generation);
+        }
+        if end > skip.1 {
+            let from = first.max(skip.1);
+            self.pages
+                .fill(ino.0, from, &bytes[page_bytes(from)..], generation);
         }
     }
 

@@ -188,9 +188,11 @@ struct Piece {
     whole: bool,
 }
 
-/// Verified file bytes a read got beyond what it was asked for:
-/// `(file offset, bytes)`, whole pages.
-pub(crate) type Around = Vec<(u64, Vec<u8>)>;
+/// Takes verified file bytes a read got beyond what it was asked for:
+/// `(file offset, bytes)`, whole pages. Called as each unit is verified
+/// (also during an attempt that is retried: the bytes are still what the
+/// file held).
+pub(crate) type Around<'f> = dyn FnMut(u64, &[u8]) + 'f;
 
 /// Units read ahead by `prefetch_units`: their bytes, back to back, and
 /// where each unit (by device sector) lies in them.
@@ -249,7 +251,7 @@ impl FsCore {
         self.read_inner_around(ino, offset, buf, None)
     }
 
-    /// `read_inner` that also hands back, in `around`, the other verified
+    /// `read_inner` that also hands `around` the other verified
     /// bytes of the units it had to read whole (checksummed or compressed
     /// units a small read lies inside), for the page cache to keep.
     pub(crate) fn read_inner_around(
@@ -257,7 +259,7 @@ impl FsCore {
         ino: InodeNo,
         offset: u64,
         buf: &mut [u8],
-        mut around: Option<&mut Around>,
+        mut around: Option<&mut Around<'_>>,
     ) -> FsResult<usize> {
         // Between our lookup and the data read, copygc may move an extent
         // or a writeback (which runs beside reads) replace it, and its old
@@ -266,9 +268,6 @@ impl FsCore {
         loop {
             let seq = self.engine.data_move_seq();
             let mut used = Vec::new();
-            if let Some(a) = around.as_deref_mut() {
-                a.clear();
-            }
             match self.read_once(ino, offset, buf, &mut used, around.as_deref_mut()) {
                 Err(FsError::Io(_))
                     if tries < 16
@@ -304,7 +303,7 @@ impl FsCore {
         offset: u64,
         buf: &mut [u8],
         used: &mut Vec<Key>,
-        mut around: Option<&mut Around>,
+        mut around: Option<&mut Around<'_>>,
     ) -> FsResult<usize> {
         let size;
         (size, *used) = self.extents_now(ino, offset, buf.len())?;
@@ -381,7 +380,7 @@ impl FsCore {
                     let key_in_unit = p.in_unit - (p.from - p.key_start);
                     let at = (key_in_unit + (first - p.key_start)) as usize;
                     if let Some(bytes) = data.get(at..at + (last - first) as usize) {
-                        around.push((first, bytes.to_vec()));
+                        around(first, bytes);
                     }
                 }
             }
