@@ -467,6 +467,15 @@ fn apply_all(
     Ok(emptied)
 }
 
+/// Batch sizes for scanning the extent keys that overlap sectors
+/// `[start, end)`: keys past `end` are decoded for nothing, so the first
+/// batch holds about as many keys as 4 KiB extents would fill the range
+/// with, and each next one twice as many, up to `max`.
+pub(crate) fn extent_scan_batches(start: u64, end: u64, max: usize) -> impl Iterator<Item = usize> {
+    let first = (end.saturating_sub(start) / 8 + 2).min(max as u64) as usize;
+    std::iter::successors(Some(first), move |&n| Some((n * 2).min(max)))
+}
+
 /// Removes `[start, end)` of `inode` in `snapshot`: extents inside go, ones
 /// that straddle an end are cut back to the part outside.
 #[allow(clippy::too_many_arguments)]
@@ -496,14 +505,12 @@ fn trim_extents(
     );
     let mut overlapping = Vec::new();
     let mut cursor = lo;
-    // Keys past `end` are decoded for nothing: start with about as many as
-    // 4 KiB extents would fill the range, and grow.
-    let mut limit = ((end - start) / 8 + 2).min(128) as usize;
+    let mut batches = extent_scan_batches(start, end, 128);
     'scan: loop {
         let mut batch = Vec::new();
+        let limit = batches.next().unwrap_or(128);
         tree.scan(ctx, cursor, hi, limit, &mut batch)?;
         let full = batch.len() == limit;
-        limit = (limit * 2).min(128);
         for k in batch {
             cursor = match k.pos.successor() {
                 Some(s) => s,

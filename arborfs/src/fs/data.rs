@@ -23,7 +23,7 @@ use super::inode_format::InodeValue;
 use super::types::*;
 use crate::SECTOR_BYTES;
 use crate::alloc::extent_format::{ExtentPtr, ExtentValue};
-use crate::btree::trans::{Durability, MAX_EXTENT_SECTORS, Transaction};
+use crate::btree::trans::{Durability, MAX_EXTENT_SECTORS, Transaction, extent_scan_batches};
 use crate::key::{BtreeId, Key, KeyType, Pos};
 use crate::sb::ChecksumType;
 
@@ -109,13 +109,11 @@ pub(crate) fn extents_in(
     let (lo, hi) = extent_range(ino, start, end);
     let mut out = Vec::new();
     let mut cursor = lo;
-    // Keys past `end` are decoded for nothing: start with about as many as
-    // 4 KiB extents would fill the range, and grow.
-    let mut limit = (end.saturating_sub(start) / 8 + 2).min(256) as usize;
+    let mut batches = extent_scan_batches(start, end, 256);
     loop {
+        let limit = batches.next().unwrap_or(256);
         let batch = tx.scan(BtreeId::Extents, cursor, hi, limit)?;
         let full = batch.len() == limit;
-        limit = (limit * 2).min(256);
         for k in batch {
             cursor = k.pos.successor().unwrap_or(hi);
             if k.pos.snapshot != ROOT_SNAPSHOT {
