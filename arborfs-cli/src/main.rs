@@ -63,12 +63,15 @@ enum Cmd {
         /// Compression for file data.
         #[arg(long, default_value = "none")]
         compression: CompressionType,
-        /// Bucket size, e.g. 1M (a power of two).
-        #[arg(long, default_value = "1M")]
-        bucket_size: String,
-        /// B-tree node size, e.g. 256K (a power of two, 16K to 1M).
-        #[arg(long, default_value = "256K")]
-        node_size: String,
+        /// Bucket size, e.g. 1M (a power of two, at least 64K). Default:
+        /// 1M, smaller on devices under 512 MiB (at least 512 buckets, 128K
+        /// or more).
+        #[arg(long)]
+        bucket_size: Option<String>,
+        /// B-tree node size, e.g. 256K (a power of two, 16K to 1M, at most
+        /// the bucket size). Default: 256K, or half a bucket if that is less.
+        #[arg(long)]
+        node_size: Option<String>,
         image: PathBuf,
     },
     /// Mount an image with FUSE (formatting it first if it is missing or empty).
@@ -220,8 +223,8 @@ fn run(cli: Cli) -> ExitCode {
             force,
             checksum,
             compression,
-            &bucket_size,
-            &node_size,
+            bucket_size.as_deref(),
+            node_size.as_deref(),
         ),
         Cmd::Mount {
             foreground,
@@ -276,8 +279,8 @@ fn format(
     force: bool,
     checksum: ChecksumType,
     compression: CompressionType,
-    bucket_size: &str,
-    node_size: &str,
+    bucket_size: Option<&str>,
+    node_size: Option<&str>,
 ) -> Result<()> {
     let size = size.map(parse_size).transpose()?;
     let exists = image.exists();
@@ -310,16 +313,32 @@ fn format(
     } else {
         open_dev(image, true)?
     };
+    let auto = FormatOptions::for_device(dev.size());
+    let size_arg = |s: Option<&str>, what: &str| -> Result<Option<u32>> {
+        s.map(|s| {
+            parse_size(s)?
+                .try_into()
+                .with_context(|| format!("{what} too large"))
+        })
+        .transpose()
+    };
+    let (bucket_arg, node_arg) = (
+        size_arg(bucket_size, "bucket size")?,
+        size_arg(node_size, "node size")?,
+    );
+    // What was not given follows what was: a chosen node size gets buckets
+    // at least that large, a chosen bucket size nodes no larger.
+    let bucket_size = bucket_arg.unwrap_or(match node_arg {
+        Some(n) => auto.bucket_size.max(n),
+        None => auto.bucket_size,
+    });
+    let node_size = node_arg.unwrap_or(auto.node_size.min(bucket_size));
     let opts = FormatOptions {
-        bucket_size: parse_size(bucket_size)?
-            .try_into()
-            .context("bucket size too large")?,
-        node_size: parse_size(node_size)?
-            .try_into()
-            .context("node size too large")?,
+        bucket_size,
+        node_size,
         data_checksum: checksum,
         compression,
-        ..Default::default()
+        ..auto
     };
     // The filesystem layer's format also creates the root directory.
     let sb =

@@ -216,7 +216,7 @@ fn serve(image: &Path, mnt: &Path, o: &MountOpts, notify: &mut Notify) -> Result
     let dev = Arc::new(dev);
     lock_image(&dev, image)?;
     if was_new && Superblock::read(&*dev).is_err() {
-        Fs::format(dev.clone(), &FormatOptions::default())
+        Fs::format(dev.clone(), &FormatOptions::for_device(dev.size()))
             .with_context(|| format!("cannot format {}", image.display()))?;
     }
     let image_abs = image.canonicalize().unwrap_or_else(|_| image.to_path_buf());

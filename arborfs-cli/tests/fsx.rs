@@ -7,7 +7,7 @@
 //!   at the end.
 //! * `fsx_30k_ops_compressed`: 30 000 ops on a zstd-compressed mount.
 //! * `fsx_1m_ops_with_remounts` (ignored): the same with 1 000 000 ops.
-//! * `fsx_small_image_under_copygc` (ignored, ENOSPC on tiny images): fsx on a 24 MiB
+//! * `fsx_small_image_under_copygc`: fsx on a 24 MiB
 //!   image.
 //! * `stress_concurrent_io_paths`: writers (buffered and O_DIRECT),
 //!   truncates, copy_file_range in both directions and renames in both
@@ -142,21 +142,17 @@ fn fsx_1m_ops_with_remounts() {
     fsx_on_arborfs(1_000_000, Duration::from_secs(3600), "size=256M");
 }
 
-/// fsx on a 24 MiB image (18 MiB usable, two files of up to 4 MiB), where
-/// copygc runs all the time.
+/// fsx on a 24 MiB image (two files of up to 4 MiB), where copy-on-write
+/// churn reuses every bucket many times over and copygc has to run.
 ///
-/// Ignored: a known limitation. This test found extents pointing into a
-/// bucket whose generation had been bumped (EIO, fsck errors): a checkpoint
-/// between a data write and the commit of its extent could free the bucket.
-/// Fixed (allocations pin their bucket until committed); with that fix it
-/// passes about 1 run in 5. The others fail with ENOSPC: on a 24 MiB image
-/// (journal, superblock, b-tree buckets and the allocation reserve leave
-/// about 12 MiB for data) two files of up to 4 MiB plus copy-on-write churn
-/// leave copygc too few free buckets to compact into.
-///
-/// `cargo test -p arborfs-cli --test fsx fsx_small_image -- --ignored --nocapture`
+/// This test found extents pointing into a bucket whose generation had been
+/// bumped (EIO, fsck errors: a checkpoint between a data write and the commit
+/// of its extent could free the bucket; allocations now pin their bucket until
+/// committed), and then ENOSPC in 4 runs of 5: with fixed 1 MiB buckets and
+/// 256 KiB nodes such an image had 23 buckets and 11.8 MiB free when empty.
+/// `format` now scales buckets and nodes to the device (191 buckets of
+/// 128 KiB, 64 KiB nodes, 21.3 MiB free).
 #[test]
-#[ignore]
 fn fsx_small_image_under_copygc() {
     require_fuse!();
     let seed = seed_from_env("ARBORFS_FSX_SEED");

@@ -438,6 +438,69 @@ fn writes_and_truncates_by_others_clear_setuid() {
 }
 
 #[test]
+fn format_scales_buckets_and_nodes_to_the_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    let img = img.to_str().unwrap();
+    let geometry = |args: &[&str]| {
+        let mut a = vec!["format", "--force"];
+        a.extend_from_slice(args);
+        a.push(img);
+        let out = arborfs(&a);
+        assert!(out.status.success(), "{args:?}: {}", out.stderr);
+        let sb = arborfs(&["show-super", img]).stdout;
+        let field = |name: &str| -> u64 {
+            let line = sb.lines().find(|l| l.trim_start().starts_with(name));
+            let line = line.unwrap_or_else(|| panic!("no {name} in {sb}"));
+            line.split_whitespace().last().unwrap().parse().unwrap()
+        };
+        (field("bucket size:") >> 10, field("node size:") >> 10)
+    };
+    assert_eq!(geometry(&["--size", "24M"]), (128, 64));
+    assert_eq!(geometry(&["--size", "256M"]), (512, 256));
+    assert_eq!(geometry(&["--size", "1G"]), (1024, 256));
+    // What is given is kept; the other size follows it.
+    assert_eq!(
+        geometry(&["--size", "24M", "--node-size", "256K"]),
+        (256, 256)
+    );
+    assert_eq!(
+        geometry(&["--size", "1G", "--bucket-size", "128K"]),
+        (128, 128)
+    );
+    assert_eq!(
+        geometry(&["--size", "1G", "--bucket-size", "2M", "--node-size", "64K"]),
+        (2048, 64)
+    );
+    // A node larger than its bucket is refused with a clear message.
+    let out = arborfs(&[
+        "format",
+        "--force",
+        "--size",
+        "1G",
+        "--bucket-size",
+        "64K",
+        "--node-size",
+        "128K",
+        img,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("larger than the bucket size"),
+        "{}",
+        out.stderr
+    );
+    // The small image really has the space: usage of the empty filesystem.
+    geometry(&["--size", "24M"]);
+    let usage = arborfs(&["usage", "--json", img]).stdout;
+    let v: serde_json::Value = serde_json::from_str(&usage).unwrap();
+    let free = v["free_bytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{usage}"));
+    assert!(free > 20 << 20, "free {free} of 24 MiB: {usage}");
+}
+
+#[test]
 fn mkfs_and_fsck_names() {
     let dir = tempfile::tempdir().unwrap();
     let mkfs = dir.path().join("mkfs.arborfs");

@@ -71,14 +71,14 @@ impl From<FsError> for io::Error {
 impl Fs {
     /// Opens the filesystem in an image file or block device; an image
     /// file that does not exist (or is empty) is created with
-    /// `size_if_new` bytes and formatted with defaults first.
+    /// `size_if_new` bytes and formatted first ([`FormatOptions::for_device`]).
     pub fn open_image(path: impl AsRef<Path>, size_if_new: u64, opts: FsOptions) -> FsResult<Fs> {
         let path = path.as_ref();
         let fresh = std::fs::metadata(path).map_or(true, |m| m.is_file() && m.len() == 0);
         let dev: Arc<dyn Device> = if fresh {
             let d =
                 Arc::new(FileDevice::create(path, size_if_new).map_err(crate::error::Error::from)?);
-            Fs::format(d.clone(), &FormatOptions::default())?;
+            Fs::format(d.clone(), &FormatOptions::for_device(size_if_new))?;
             d
         } else {
             Arc::new(

@@ -260,6 +260,40 @@ impl Default for FormatOptions {
     }
 }
 
+/// Buckets a device should have at least before [`FormatOptions::for_device`]
+/// moves to the next larger bucket size.
+pub const TARGET_MIN_BUCKETS: u64 = 512;
+/// Smallest bucket [`FormatOptions::for_device`] picks: one whole data unit
+/// (`fs::data::MAX_EXTENT_BYTES`) still fits in a bucket.
+pub const AUTO_MIN_BUCKET_SIZE: u32 = 128 << 10;
+
+impl FormatOptions {
+    /// The defaults, with bucket and node sizes scaled down for small
+    /// devices: at least [`TARGET_MIN_BUCKETS`] buckets where the device
+    /// allows (bucket size a power of two, 128 KiB to 1 MiB), and nodes of
+    /// half a bucket up to 256 KiB. Copy-on-write and copygc need free
+    /// buckets to move data into; with 1 MiB buckets a 24 MiB image has 23
+    /// of them and ran out of space with a third of it holding data. Every
+    /// b-tree has at least one node, so small nodes also keep an empty
+    /// filesystem small. Devices of 512 MiB and more get the plain defaults.
+    pub fn for_device(device_size: u64) -> FormatOptions {
+        let max = FormatOptions::default();
+        let per_bucket = device_size / TARGET_MIN_BUCKETS;
+        let bucket_size = if per_bucket >= max.bucket_size as u64 {
+            max.bucket_size
+        } else {
+            // the largest power of two not above per_bucket (0 stays small)
+            let p = 1u64 << (63 - per_bucket.max(1).leading_zeros());
+            (p as u32).clamp(AUTO_MIN_BUCKET_SIZE, max.bucket_size)
+        };
+        FormatOptions {
+            bucket_size,
+            node_size: max.node_size.min(bucket_size / 2),
+            ..max
+        }
+    }
+}
+
 /// Which superblock copy [`Superblock::read`] returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SbCopy {
@@ -605,6 +639,41 @@ mod tests {
     use proptest::prelude::*;
 
     const DEV: u64 = 64 << 20;
+
+    #[test]
+    fn small_devices_get_smaller_buckets_and_nodes() {
+        let geo = |mib: u64| {
+            let o = FormatOptions::for_device(mib << 20);
+            (o.bucket_size >> 10, o.node_size >> 10)
+        };
+        // (device MiB, bucket KiB, node KiB)
+        for (mib, bucket, node) in [
+            (4, 128, 64),
+            (24, 128, 64),
+            (64, 128, 64),
+            (128, 256, 128),
+            (256, 512, 256),
+            (300, 512, 256),
+            (512, 1024, 256),
+            (1 << 20, 1024, 256),
+        ] {
+            assert_eq!(geo(mib), (bucket, node), "{mib} MiB");
+        }
+        // every choice is a valid format for its device
+        for mib in [24u64, 64, 100, 128, 256, 1024] {
+            let o = FormatOptions::for_device(mib << 20);
+            let sb = Superblock::new(mib << 20, &o).unwrap();
+            assert!(sb.nbuckets >= TARGET_MIN_BUCKETS.min((mib << 20) / (128 << 10)) - 1);
+        }
+        assert_eq!(
+            FormatOptions::for_device(0).bucket_size,
+            AUTO_MIN_BUCKET_SIZE
+        );
+        assert_eq!(
+            FormatOptions::for_device(u64::MAX),
+            FormatOptions::default()
+        );
+    }
 
     fn opts() -> FormatOptions {
         FormatOptions {
