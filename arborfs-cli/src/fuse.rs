@@ -15,6 +15,7 @@ use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -140,7 +141,12 @@ fn caller(req: &Request) -> Caller {
     } else {
         proc_groups(req.pid())
     };
-    Caller { uid, gid, groups }
+    Caller {
+        uid,
+        gid,
+        groups,
+        fsetid: uid == 0,
+    }
 }
 
 fn proc_groups(pid: u32) -> Vec<u32> {
@@ -278,6 +284,9 @@ pub struct ArborFuse {
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
     /// Open handles with write access, per inode (see `lseek`).
     writers: Mutex<HashMap<InodeNo, u32>>,
+    /// The kernel took FUSE_HANDLE_KILLPRIV_V2: every write then says
+    /// whether its writer lacks CAP_FSETID (FUSE_WRITE_KILL_SUIDGID).
+    killpriv_v2: AtomicBool,
 }
 
 /// Setting this xattr on any file (as root) writes back all dirty data and
@@ -296,6 +305,7 @@ impl ArborFuse {
             fs,
             notifier: Arc::new(std::sync::OnceLock::new()),
             writers: Mutex::new(HashMap::new()),
+            killpriv_v2: AtomicBool::new(false),
         }
     }
 
@@ -384,7 +394,10 @@ impl Filesystem for ArborFuse {
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ] {
             // Old kernels without one of these still work.
-            let _ = config.add_capabilities(cap);
+            let taken = config.add_capabilities(cap).is_ok();
+            if cap == InitFlags::FUSE_HANDLE_KILLPRIV_V2 {
+                self.killpriv_v2.store(taken, Ordering::Relaxed);
+            }
         }
         Ok(())
     }
@@ -641,12 +654,17 @@ impl Filesystem for ArborFuse {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let who = caller(req);
+        let mut who = caller(req);
+        if self.killpriv_v2.load(Ordering::Relaxed) {
+            // The kernel knows the writer's capabilities; the uid does not
+            // (root in a container without CAP_FSETID must clear setuid).
+            who.fsetid = !write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        }
         let direct = fh.0 & DIRECT_FH != 0;
         match self
             .fs

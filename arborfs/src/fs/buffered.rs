@@ -591,7 +591,7 @@ fn stripe(ino: InodeNo, n: usize) -> usize {
 pub struct Written {
     /// Bytes written.
     pub bytes: usize,
-    /// The write cleared setuid/setgid (the writer is not root).
+    /// The write cleared setuid/setgid (the writer lacks CAP_FSETID).
     pub cleared_setid: bool,
 }
 

@@ -76,10 +76,10 @@ pub(crate) fn regular(v: &InodeValue) -> FsResult<()> {
     }
 }
 
-/// Clears setuid, and setgid when group-executable, as a write by a
-/// non-root caller does.
+/// Clears setuid, and setgid when group-executable, as a write or truncate
+/// by a caller without CAP_FSETID does.
 pub(crate) fn kill_suid(caller: &Caller, v: &mut InodeValue) {
-    if caller.is_root() {
+    if caller.fsetid {
         return;
     }
     v.mode &= !S_ISUID;

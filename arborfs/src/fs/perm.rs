@@ -76,16 +76,19 @@ mod tests {
             uid: 10,
             gid: 99,
             groups: vec![],
+            fsetid: false,
         };
         let member = Caller {
             uid: 11,
             gid: 5,
             groups: vec![20],
+            fsetid: false,
         };
         let other = Caller {
             uid: 12,
             gid: 5,
             groups: vec![],
+            fsetid: false,
         };
         assert!(check_access(&owner, &f, MAY_READ | MAY_WRITE).is_ok());
         assert!(check_access(&member, &f, MAY_READ).is_ok());
@@ -103,11 +106,13 @@ mod tests {
             uid: 10,
             gid: 10,
             groups: vec![],
+            fsetid: false,
         };
         let b = Caller {
             uid: 11,
             gid: 11,
             groups: vec![],
+            fsetid: false,
         };
         assert!(check_delete(&a, &dir, &mine).is_ok());
         assert!(matches!(

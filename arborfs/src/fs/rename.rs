@@ -335,6 +335,7 @@ mod tests {
             uid: 10,
             gid: 10,
             groups: vec![],
+            fsetid: false,
         };
         assert!(matches!(
             fs.link(&user, f, d, b"h"),
@@ -525,11 +526,13 @@ mod tests {
             uid: 10,
             gid: 10,
             groups: vec![],
+            fsetid: false,
         };
         let u2 = Caller {
             uid: 11,
             gid: 11,
             groups: vec![],
+            fsetid: false,
         };
         let tmp = fs.mkdir(&root(), ROOT_INO, b"tmp", 0o1777).unwrap().ino;
         let mine = fs.mknod(&u1, tmp, b"mine", S_IFREG | 0o644, 0).unwrap().ino;

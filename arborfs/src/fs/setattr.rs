@@ -169,6 +169,7 @@ mod tests {
             uid,
             gid,
             groups: groups.to_vec(),
+            fsetid: uid == 0,
         }
     }
 

@@ -150,6 +150,10 @@ pub struct Caller {
     pub gid: u32,
     /// Supplementary groups.
     pub groups: Vec<u32>,
+    /// Holds CAP_FSETID: writes and truncates leave setuid/setgid alone.
+    /// Root has it unless a container or `setpriv` dropped it; under FUSE
+    /// the kernel says so per write (FUSE_WRITE_KILL_SUIDGID).
+    pub fsetid: bool,
 }
 
 impl Caller {
@@ -158,6 +162,7 @@ impl Caller {
             uid: 0,
             gid: 0,
             groups: Vec::new(),
+            fsetid: true,
         }
     }
 

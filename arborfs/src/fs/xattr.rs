@@ -306,6 +306,7 @@ mod tests {
             uid,
             gid: uid,
             groups: vec![],
+            fsetid: uid == 0,
         }
     }
 
