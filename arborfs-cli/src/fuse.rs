@@ -146,6 +146,7 @@ fn caller(req: &Request) -> Caller {
         gid,
         groups,
         fsetid: uid == 0,
+        umask: 0,
     }
 }
 
@@ -394,6 +395,12 @@ impl Filesystem for ArborFuse {
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
+            // POSIX ACLs: the kernel checks permissions with them (reading
+            // each inode's ACL once through getxattr, then from its cache),
+            // and leaves the umask to us, since a directory's default ACL
+            // replaces it; we keep the mode and the ACL in step.
+            InitFlags::FUSE_POSIX_ACL,
+            InitFlags::FUSE_DONT_MASK,
             // We clear setuid/setgid on write, truncate and chown ourselves
             // (the library does, as a kernel filesystem would). In return
             // the kernel marks the superblock SB_NOSEC, and stops asking
@@ -497,9 +504,14 @@ impl Filesystem for ArborFuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let mode = (mode & S_IFMT) | (mode & 0o7777 & !umask);
+        // The library applies the umask, unless the directory has a default
+        // ACL (the kernel leaves both to us: FUSE_DONT_MASK).
+        let who = Caller {
+            umask,
+            ..caller(req)
+        };
         let r = self.fs.mknod(
-            &caller(req),
+            &who,
             node_to_ino(parent),
             name.as_bytes(),
             mode,
@@ -517,11 +529,14 @@ impl Filesystem for ArborFuse {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let mode = mode & 0o7777 & !umask;
+        let who = Caller {
+            umask,
+            ..caller(req)
+        };
         reply_entry(
             reply,
             self.fs
-                .mkdir(&caller(req), node_to_ino(parent), name.as_bytes(), mode),
+                .mkdir(&who, node_to_ino(parent), name.as_bytes(), mode & 0o7777),
         );
     }
 
@@ -915,14 +930,17 @@ impl Filesystem for ArborFuse {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let who = caller(req);
+        let who = Caller {
+            umask,
+            ..caller(req)
+        };
         let parent = node_to_ino(parent);
         let kind = if mode & S_IFMT == 0 {
             S_IFREG
         } else {
             mode & S_IFMT
         };
-        let mode = kind | (mode & 0o7777 & !umask);
+        let mode = kind | (mode & 0o7777);
         let r = match self.fs.mknod(&who, parent, name.as_bytes(), mode, 0) {
             // Someone else created it since the kernel's lookup: open theirs.
             Err(FsError::Exists) if flags & libc::O_EXCL == 0 => {

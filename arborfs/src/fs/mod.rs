@@ -5,6 +5,7 @@
 //! interface); `path` adds a path-based API for embedding. Every operation
 //! is one engine transaction, retried on restart.
 
+pub mod acl;
 pub mod buffered;
 pub mod compress;
 pub mod data;

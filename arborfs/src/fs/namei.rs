@@ -5,8 +5,9 @@ use super::dirent::{self, DirEntry};
 use super::error::{FsError, FsResult};
 use super::inode::{read_inode, to_attr, write_inode};
 use super::inode_format::{INODE_UNLINKED, InodeValue};
-use super::perm::{MAY_EXEC, MAY_WRITE, check_access, check_delete};
+use super::perm::{MAY_EXEC, MAY_WRITE, may_access, may_delete};
 use super::types::*;
+use super::xattr::{AclKind, read_acl, write_acl};
 use super::{FsCore, orphan_pos};
 use crate::btree::trans::{Durability, Transaction};
 use crate::key::{BtreeId, Key, KeyType, Pos};
@@ -40,7 +41,7 @@ impl FsCore {
         }
         self.tx(Durability::Lazy, |tx| {
             let d = dir_inode(tx, parent)?;
-            check_access(caller, &d, MAY_EXEC)?;
+            may_access(tx, caller, parent, &d, MAY_EXEC)?;
             let target = match name {
                 b"." => parent,
                 b".." => InodeNo(d.parent),
@@ -155,8 +156,23 @@ impl FsCore {
             if d.nlink == 0 {
                 return Err(FsError::NotFound);
             }
-            check_access(caller, &d, MAY_WRITE | MAY_EXEC)?;
+            may_access(tx, caller, parent, &d, MAY_WRITE | MAY_EXEC)?;
             let now = Timespec::now();
+            // A directory's default ACL replaces the umask: the new inode
+            // gets it as its access ACL, limited by the mode asked for.
+            // Symlinks have neither (always 0777).
+            let default_acl = match kind {
+                FileKind::Symlink => None,
+                _ => read_acl(tx, parent, AclKind::Default)?,
+            };
+            let (perm, access_acl) = match (&default_acl, kind) {
+                (_, FileKind::Symlink) => (perm, None),
+                (Some(dacl), _) => {
+                    let (acl, bits) = dacl.for_new_inode(perm);
+                    ((perm & 0o7000) | bits, (!acl.is_minimal()).then_some(acl))
+                }
+                (None, _) => (perm & !(caller.umask & 0o777), None),
+            };
             let mut mode = kind.mode_bits() | perm;
             let gid = if d.mode & S_ISGID != 0 {
                 if kind == FileKind::Directory {
@@ -194,6 +210,12 @@ impl FsCore {
             };
             dirent::insert(tx, parent, name, ino, kind.d_type())?;
             write_inode(tx, ino, &v);
+            if access_acl.is_some() {
+                write_acl(tx, ino, AclKind::Access, access_acl.as_ref())?;
+            }
+            if kind == FileKind::Directory && default_acl.is_some() {
+                write_acl(tx, ino, AclKind::Default, default_acl.as_ref())?;
+            }
             if let Some(t) = symlink {
                 tx.put(BtreeId::Xattrs, Key::blob(symlink_pos(ino), t.to_vec()));
             }
@@ -239,7 +261,7 @@ impl FsCore {
             let target = InodeNo(e.target);
             let mut v = read_inode(tx, target)?;
             let is_dir = v.mode & S_IFMT == S_IFDIR;
-            check_delete(caller, &d, &v)?;
+            may_delete(tx, caller, parent, &d, &v)?;
             if want_dir && !is_dir {
                 return Err(FsError::NotDir);
             }

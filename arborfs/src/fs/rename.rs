@@ -14,7 +14,7 @@ use super::error::{FsError, FsResult};
 use super::inode::{read_inode, to_attr, write_inode};
 use super::inode_format::InodeValue;
 use super::namei::dir_inode;
-use super::perm::{MAY_EXEC, MAY_WRITE, check_access, check_delete};
+use super::perm::{MAY_EXEC, MAY_WRITE, may_access, may_delete};
 use super::types::*;
 use crate::btree::trans::{Durability, Transaction};
 
@@ -76,11 +76,11 @@ impl FsCore {
             if d.nlink == 0 {
                 return Err(FsError::NotFound);
             }
-            check_access(caller, &d, MAY_EXEC)?;
+            may_access(tx, caller, new_parent, &d, MAY_EXEC)?;
             if dirent::lookup(tx, new_parent, new_name)?.is_some() {
                 return Err(FsError::Exists);
             }
-            check_access(caller, &d, MAY_WRITE | MAY_EXEC)?;
+            may_access(tx, caller, new_parent, &d, MAY_WRITE | MAY_EXEC)?;
             if is_dir(&v) {
                 return Err(FsError::NotPermitted);
             }
@@ -124,7 +124,7 @@ impl FsCore {
         let evict = self.tx(Durability::Lazy, |tx| {
             let same_dir = parent == new_parent;
             let mut od = dir_inode(tx, parent)?;
-            check_access(caller, &od, MAY_EXEC)?;
+            may_access(tx, caller, parent, &od, MAY_EXEC)?;
             let (src_slot, src_e) = dirent::lookup(tx, parent, name)?.ok_or(FsError::NotFound)?;
             let mut nd = if same_dir {
                 od.clone()
@@ -134,7 +134,7 @@ impl FsCore {
             if nd.nlink == 0 {
                 return Err(FsError::NotFound);
             }
-            check_access(caller, &nd, MAY_EXEC)?;
+            may_access(tx, caller, new_parent, &nd, MAY_EXEC)?;
             let tgt = dirent::lookup(tx, new_parent, new_name)?;
             if flags.noreplace && tgt.is_some() {
                 return Err(FsError::Exists);
@@ -175,10 +175,10 @@ impl FsCore {
                 return Ok(None);
             }
 
-            check_delete(caller, &od, &sv)?;
+            may_delete(tx, caller, parent, &od, &sv)?;
             match &target {
-                Some((_, _, tv)) => check_delete(caller, &nd, tv)?,
-                None => check_access(caller, &nd, MAY_WRITE | MAY_EXEC)?,
+                Some((_, _, tv)) => may_delete(tx, caller, new_parent, &nd, tv)?,
+                None => may_access(tx, caller, new_parent, &nd, MAY_WRITE | MAY_EXEC)?,
             }
             if !flags.exchange && target.is_some() {
                 if src_dir && !tgt_dir {
@@ -191,13 +191,13 @@ impl FsCore {
             if !same_dir {
                 // A directory changing parents rewrites its "..".
                 if src_dir {
-                    check_access(caller, &sv, MAY_WRITE)?;
+                    may_access(tx, caller, src, &sv, MAY_WRITE)?;
                 }
-                if let Some((_, _, tv)) = &target
+                if let Some((_, t, tv)) = &target
                     && flags.exchange
                     && tgt_dir
                 {
-                    check_access(caller, tv, MAY_WRITE)?;
+                    may_access(tx, caller, *t, tv, MAY_WRITE)?;
                 }
             }
             if let Some((_, t, _)) = &target
@@ -336,6 +336,7 @@ mod tests {
             gid: 10,
             groups: vec![],
             fsetid: false,
+            umask: 0,
         };
         assert!(matches!(
             fs.link(&user, f, d, b"h"),
@@ -527,12 +528,14 @@ mod tests {
             gid: 10,
             groups: vec![],
             fsetid: false,
+            umask: 0,
         };
         let u2 = Caller {
             uid: 11,
             gid: 11,
             groups: vec![],
             fsetid: false,
+            umask: 0,
         };
         let tmp = fs.mkdir(&root(), ROOT_INO, b"tmp", 0o1777).unwrap().ino;
         let mine = fs.mknod(&u1, tmp, b"mine", S_IFREG | 0o644, 0).unwrap().ino;

@@ -3,11 +3,13 @@
 //! Sizes are changed by `set_size` in `data.rs`.
 
 use super::FsCore;
+use super::acl::Acl;
 use super::error::{FsError, FsResult};
 use super::inode::{read_inode, to_attr, write_inode};
 use super::inode_format::InodeValue;
-use super::perm::{MAY_WRITE, check_access, check_owner};
+use super::perm::{MAY_WRITE, check_access, check_owner, may_access};
 use super::types::*;
+use super::xattr::{AclKind, read_acl, write_acl};
 use crate::btree::trans::Durability;
 
 /// What `setattr` changes; `None` leaves a field alone (chown's -1).
@@ -45,11 +47,12 @@ impl TimeOrNow {
     }
 }
 
-/// Checks `set` against `v` as Linux does and applies it. `now` is the
-/// time of the change.
+/// Checks `set` against `v` (whose access ACL is `acl`) as Linux does and
+/// applies it. `now` is the time of the change.
 pub(crate) fn apply(
     caller: &Caller,
     v: &mut InodeValue,
+    acl: Option<&Acl>,
     set: &SetAttr,
     now: Timespec,
 ) -> FsResult<()> {
@@ -81,7 +84,7 @@ pub(crate) fn apply(
     if set.atime.is_some() || set.mtime.is_some() {
         if touch {
             if !owner {
-                check_access(caller, v, MAY_WRITE)?;
+                check_access(caller, v, acl, MAY_WRITE)?;
             }
         } else if !owner {
             return Err(FsError::NotPermitted);
@@ -89,7 +92,7 @@ pub(crate) fn apply(
     }
     // An explicit ctime (kernel-side bookkeeping) needs owner or write access.
     if set.ctime.is_some() && !owner {
-        check_access(caller, v, MAY_WRITE)?;
+        check_access(caller, v, acl, MAY_WRITE)?;
     }
 
     let chown = set.uid.is_some() || set.gid.is_some();
@@ -138,7 +141,15 @@ impl FsCore {
         self.writeback_inode_locked(ino)?;
         let a = self.tx(Durability::Lazy, |tx| {
             let mut v = read_inode(tx, ino)?;
-            apply(caller, &mut v, set, Timespec::now())?;
+            let acl = read_acl(tx, ino, AclKind::Access)?;
+            apply(caller, &mut v, acl.as_ref(), set, Timespec::now())?;
+            if let Some(mut acl) = acl
+                && set.mode.is_some()
+            {
+                // chmod rewrites the owner, group class and other entries.
+                acl.chmod(v.mode);
+                write_acl(tx, ino, AclKind::Access, Some(&acl))?;
+            }
             write_inode(tx, ino, &v);
             Ok(to_attr(ino, &v))
         })?;
@@ -150,11 +161,13 @@ impl FsCore {
         if mask & !7 != 0 {
             return Err(FsError::Invalid(format!("access mask {mask:#o}")));
         }
-        let v = self.tx(Durability::Lazy, |tx| read_inode(tx, ino))?;
-        if mask == 0 {
-            return Ok(());
-        }
-        check_access(caller, &v, mask)
+        self.tx(Durability::Lazy, |tx| {
+            let v = read_inode(tx, ino)?;
+            if mask == 0 {
+                return Ok(());
+            }
+            may_access(tx, caller, ino, &v, mask)
+        })
     }
 }
 
@@ -170,6 +183,7 @@ mod tests {
             gid,
             groups: groups.to_vec(),
             fsetid: uid == 0,
+            umask: 0,
         }
     }
 

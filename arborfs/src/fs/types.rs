@@ -154,6 +154,10 @@ pub struct Caller {
     /// Root has it unless a container or `setpriv` dropped it; under FUSE
     /// the kernel says so per write (FUSE_WRITE_KILL_SUIDGID).
     pub fsetid: bool,
+    /// Permission bits a new inode does not get, unless its directory has a
+    /// default ACL (then the ACL decides). 0 when the mode passed in is
+    /// already masked.
+    pub umask: u32,
 }
 
 impl Caller {
@@ -163,6 +167,7 @@ impl Caller {
             gid: 0,
             groups: Vec::new(),
             fsetid: true,
+            umask: 0,
         }
     }
 

@@ -9,8 +9,9 @@
 //!   lists see nothing);
 //! - `security.*`: anyone reads, root writes;
 //! - `system.posix_acl_*`: anyone reads, the owner or root writes; the value
-//!   must be a POSIX ACL in the kernel's xattr encoding (stored, not
-//!   interpreted);
+//!   must be a valid POSIX ACL in the kernel's xattr encoding. Setting the
+//!   access ACL sets the mode, and an ACL the mode expresses is not stored
+//!   (see [`super::acl`]);
 //! - `user.*` only on regular files and directories (elsewhere writes are
 //!   `NotPermitted` and reads `NoAttr`), needs read or write permission on
 //!   the file, and in a sticky directory only its owner (or root) writes.
@@ -23,12 +24,13 @@
 //! removing it makes the inode inherit again.
 
 use super::FsCore;
+use super::acl::Acl;
 use super::compress::{self, Compression};
 use super::error::{FsError, FsResult};
 use super::hashtab::{self, slot_pos};
 use super::inode::{read_inode, write_inode};
 use super::inode_format::InodeValue;
-use super::perm::{MAY_READ, MAY_WRITE, check_access, check_owner};
+use super::perm::{MAY_READ, MAY_WRITE, check_owner, may_access};
 use super::types::*;
 use super::xattr_format::{
     Namespace, SYSTEM_NAMES, XATTR_NAME_MAX, XATTR_SIZE_MAX, XattrValue, xattr_slot,
@@ -72,17 +74,69 @@ fn parse_name(name: &[u8]) -> FsResult<(Namespace, &[u8])> {
     Err(FsError::NotSupported)
 }
 
-/// POSIX ACL xattr encoding: u32 version 2, then 8-byte entries.
-fn check_acl(value: &[u8]) -> FsResult<()> {
-    if value.len() < 4 || !(value.len() - 4).is_multiple_of(8) || value[0..4] != 2u32.to_le_bytes()
-    {
-        return Err(FsError::Invalid("malformed POSIX ACL".into()));
+/// Which of an inode's two POSIX ACLs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AclKind {
+    /// `system.posix_acl_access`: who may do what to the inode.
+    Access,
+    /// `system.posix_acl_default`: what new inodes in a directory get.
+    Default,
+}
+
+impl AclKind {
+    fn short_name(self) -> &'static [u8] {
+        match self {
+            AclKind::Access => SYSTEM_NAMES[0],
+            AclKind::Default => SYSTEM_NAMES[1],
+        }
+    }
+}
+
+/// The inode's stored ACL of `kind` (none when the mode says it all).
+pub(crate) fn read_acl(
+    tx: &mut Transaction<'_>,
+    ino: InodeNo,
+    kind: AclKind,
+) -> FsResult<Option<Acl>> {
+    match probe(tx, ino, Namespace::System, kind.short_name())?.0 {
+        Some((_, x)) => Acl::decode(&x.value)
+            .map(Some)
+            .map_err(|e| FsError::Corrupted(format!("inode {}: stored ACL: {e}", ino.0))),
+        None => Ok(None),
+    }
+}
+
+/// Stores (or with `None` removes) the inode's ACL of `kind`.
+pub(crate) fn write_acl(
+    tx: &mut Transaction<'_>,
+    ino: InodeNo,
+    kind: AclKind,
+    acl: Option<&Acl>,
+) -> FsResult<()> {
+    let (hit, free) = probe(tx, ino, Namespace::System, kind.short_name())?;
+    match (acl, hit) {
+        (Some(acl), hit) => {
+            let slot = hit.map_or(free, |(slot, _)| slot);
+            let x = XattrValue {
+                ns: Namespace::System,
+                name: kind.short_name().to_vec(),
+                value: acl.encode(),
+            };
+            tx.put(
+                BtreeId::Xattrs,
+                Key::new(slot_pos(ino.0, slot), KeyType::Xattr, x.encode()),
+            );
+        }
+        (None, Some((slot, _))) => hashtab::remove(tx, BtreeId::Xattrs, ino.0, slot)?,
+        (None, None) => {}
     }
     Ok(())
 }
 
 /// May `caller` read (`write` false) or write the attribute?
 fn check_perm(
+    tx: &mut Transaction<'_>,
+    ino: InodeNo,
     caller: &Caller,
     v: &InodeValue,
     ns: Namespace,
@@ -125,7 +179,7 @@ fn check_perm(
             {
                 return Err(FsError::NotPermitted);
             }
-            check_access(caller, v, if write { MAY_WRITE } else { MAY_READ })
+            may_access(tx, caller, ino, v, if write { MAY_WRITE } else { MAY_READ })
         }
     }
 }
@@ -164,7 +218,7 @@ impl FsCore {
         let (ns, short) = parse_name(name)?;
         self.tx(Durability::Lazy, |tx| {
             let v = read_inode(tx, ino)?;
-            check_perm(caller, &v, ns, short, false)?;
+            check_perm(tx, ino, caller, &v, ns, short, false)?;
             if name == compress::XATTR_NAME {
                 return Ok(self.effective_compression(&v).to_string().into_bytes());
             }
@@ -195,13 +249,42 @@ impl FsCore {
             return Err(FsError::TooBig);
         }
         if ns == Namespace::System {
-            check_acl(value)?;
+            let acl = Acl::decode(value)?;
+            let kind = if short == AclKind::Access.short_name() {
+                AclKind::Access
+            } else {
+                AclKind::Default
+            };
+            return self.tx(Durability::Lazy, |tx| {
+                let mut v = read_inode(tx, ino)?;
+                check_perm(tx, ino, caller, &v, ns, short, true)?;
+                let exists = read_acl(tx, ino, kind)?.is_some();
+                match (how, exists) {
+                    (XattrSet::Create, true) => return Err(FsError::Exists),
+                    (XattrSet::Replace, false) => return Err(FsError::NoAttr),
+                    _ => {}
+                }
+                if kind == AclKind::Access {
+                    // The mode mirrors the ACL; an ACL the mode expresses
+                    // whole is not kept.
+                    v.mode = (v.mode & !0o777) | acl.mode_bits();
+                    if !caller.fsetid && !caller.in_group(v.gid) {
+                        v.mode &= !S_ISGID;
+                    }
+                    write_acl(tx, ino, kind, (!acl.is_minimal()).then_some(&acl))?;
+                } else {
+                    write_acl(tx, ino, kind, Some(&acl))?;
+                }
+                v.ctime = Timespec::now();
+                write_inode(tx, ino, &v);
+                Ok(())
+            });
         }
         if name == compress::XATTR_NAME {
             let c = compress::parse_xattr(value)?;
             return self.tx(Durability::Lazy, |tx| {
                 let mut v = read_inode(tx, ino)?;
-                check_perm(caller, &v, ns, short, true)?;
+                check_perm(tx, ino, caller, &v, ns, short, true)?;
                 match (how, v.compression != 0) {
                     (XattrSet::Create, true) => return Err(FsError::Exists),
                     (XattrSet::Replace, false) => return Err(FsError::NoAttr),
@@ -221,7 +304,7 @@ impl FsCore {
         .encode();
         self.tx(Durability::Lazy, |tx| {
             let mut v = read_inode(tx, ino)?;
-            check_perm(caller, &v, ns, short, true)?;
+            check_perm(tx, ino, caller, &v, ns, short, true)?;
             let (hit, free) = probe(tx, ino, ns, short)?;
             let slot = match (how, hit) {
                 (XattrSet::Create, Some(_)) => return Err(FsError::Exists),
@@ -272,7 +355,7 @@ impl FsCore {
         let (ns, short) = parse_name(name)?;
         self.tx(Durability::Lazy, |tx| {
             let mut v = read_inode(tx, ino)?;
-            check_perm(caller, &v, ns, short, true)?;
+            check_perm(tx, ino, caller, &v, ns, short, true)?;
             if name == compress::XATTR_NAME {
                 if v.compression == 0 {
                     return Err(FsError::NoAttr);
@@ -294,8 +377,9 @@ impl FsCore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::SetAttr;
+    use crate::fs::acl::{ACL_GROUP_OBJ, ACL_MASK, ACL_OTHER, ACL_USER, ACL_USER_OBJ};
     use crate::fs::namei::tests::fs;
+    use crate::fs::{Fs, SetAttr};
 
     fn root() -> Caller {
         Caller::root()
@@ -307,6 +391,7 @@ mod tests {
             gid: uid,
             groups: vec![],
             fsetid: uid == 0,
+            umask: 0,
         }
     }
 
@@ -429,11 +514,13 @@ mod tests {
             Err(FsError::TooBig)
         ));
         // ACLs: checked encoding, owner only.
-        let acl = [
-            2u32.to_le_bytes().to_vec(),
-            vec![1, 0, 6, 0, 0xff, 0xff, 0xff, 0xff],
-        ]
-        .concat();
+        let acl = acl_bytes(&[
+            (ACL_USER_OBJ, 6, NO_ID),
+            (ACL_USER, 6, 1000),
+            (ACL_GROUP_OBJ, 4, NO_ID),
+            (ACL_MASK, 6, NO_ID),
+            (ACL_OTHER, 4, NO_ID),
+        ]);
         fs.setxattr(&root(), f, b"system.posix_acl_access", &acl, XattrSet::Any)
             .unwrap();
         assert_eq!(
@@ -459,6 +546,152 @@ mod tests {
             fs.setxattr(&root(), f, b"system.posix_acl_default", &acl, XattrSet::Any),
             Err(FsError::AccessDenied)
         ));
+    }
+
+    const NO_ID: u32 = u32::MAX;
+
+    /// The kernel's xattr encoding of an ACL given as (tag, perm, id).
+    fn acl_bytes(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+        let mut b = 2u32.to_le_bytes().to_vec();
+        for &(tag, perm, id) in entries {
+            b.extend_from_slice(&tag.to_le_bytes());
+            b.extend_from_slice(&perm.to_le_bytes());
+            b.extend_from_slice(&id.to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn posix_acls_grant_access_and_follow_the_mode() {
+        let fs = fs();
+        let owner = Caller {
+            umask: 0o077,
+            ..user(10)
+        };
+        fs.setattr(
+            &root(),
+            ROOT_INO,
+            &SetAttr {
+                mode: Some(0o777),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let f = fs
+            .mknod(&owner, ROOT_INO, b"f", S_IFREG | 0o666, 0)
+            .unwrap();
+        // no default ACL: the umask applies
+        assert_eq!(f.perm, 0o600);
+        let (f, mode) = (f.ino, |fs: &Fs, ino| fs.getattr(ino).unwrap().perm);
+        let named = acl_bytes(&[
+            (ACL_USER_OBJ, 6, NO_ID),
+            (ACL_USER, 6, 1000),
+            (ACL_GROUP_OBJ, 0, NO_ID),
+            (ACL_MASK, 6, NO_ID),
+            (ACL_OTHER, 0, NO_ID),
+        ]);
+        let access = b"system.posix_acl_access";
+        fs.setxattr(&owner, f, access, &named, XattrSet::Any)
+            .unwrap();
+        assert_eq!(mode(&fs, f), 0o660, "group bits show the mask");
+        assert_eq!(fs.getxattr(&user(9), f, access).unwrap(), named);
+        // user 1000 may write through its entry; 1001 (other: none) not
+        assert!(fs.access(&user(1000), f, 6).is_ok());
+        assert!(matches!(
+            fs.access(&user(1001), f, 4),
+            Err(FsError::AccessDenied)
+        ));
+        // chmod rewrites the mask: 1000 keeps read only
+        fs.setattr(
+            &owner,
+            f,
+            &SetAttr {
+                mode: Some(0o640),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(fs.access(&user(1000), f, 4).is_ok());
+        assert!(matches!(
+            fs.access(&user(1000), f, 2),
+            Err(FsError::AccessDenied)
+        ));
+        let stored = Acl::decode(&fs.getxattr(&owner, f, access).unwrap()).unwrap();
+        assert_eq!(stored.mode_bits(), 0o640);
+        // with the group bits clear the ACL is not consulted (as in Linux)
+        fs.setattr(
+            &owner,
+            f,
+            &SetAttr {
+                mode: Some(0o604),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(fs.access(&user(1000), f, 4).is_ok(), "other's r");
+        // an ACL the mode expresses is not stored, and sets the mode
+        let minimal = acl_bytes(&[
+            (ACL_USER_OBJ, 7, NO_ID),
+            (ACL_GROUP_OBJ, 5, NO_ID),
+            (ACL_OTHER, 1, NO_ID),
+        ]);
+        fs.setxattr(&owner, f, access, &minimal, XattrSet::Any)
+            .unwrap();
+        assert_eq!(mode(&fs, f), 0o751);
+        assert!(matches!(
+            fs.getxattr(&owner, f, access),
+            Err(FsError::NoAttr)
+        ));
+        assert!(!fs.listxattr(&owner, f).unwrap().contains(&access.to_vec()));
+        // malformed: a named entry without a mask
+        let bad = acl_bytes(&[
+            (ACL_USER_OBJ, 7, NO_ID),
+            (ACL_USER, 7, 5),
+            (ACL_GROUP_OBJ, 5, NO_ID),
+            (ACL_OTHER, 1, NO_ID),
+        ]);
+        assert!(matches!(
+            fs.setxattr(&owner, f, access, &bad, XattrSet::Any),
+            Err(FsError::Invalid(_))
+        ));
+
+        // A default ACL replaces the umask for new inodes.
+        let d = fs.mkdir(&owner, ROOT_INO, b"d", 0o777).unwrap();
+        assert_eq!(d.perm, 0o700);
+        let default = acl_bytes(&[
+            (ACL_USER_OBJ, 7, NO_ID),
+            (ACL_USER, 7, 1000),
+            (ACL_GROUP_OBJ, 5, NO_ID),
+            (ACL_MASK, 7, NO_ID),
+            (ACL_OTHER, 0, NO_ID),
+        ]);
+        fs.setxattr(
+            &owner,
+            d.ino,
+            b"system.posix_acl_default",
+            &default,
+            XattrSet::Any,
+        )
+        .unwrap();
+        let new = fs.mknod(&owner, d.ino, b"new", S_IFREG | 0o666, 0).unwrap();
+        assert_eq!(new.perm, 0o660, "umask 077 ignored; mask limited by 0o666");
+        let inherited = Acl::decode(&fs.getxattr(&owner, new.ino, access).unwrap()).unwrap();
+        assert_eq!(inherited.entries()[1].id, 1000);
+        assert!(fs.access(&user(1000), new.ino, 6).is_ok());
+        assert!(matches!(
+            fs.getxattr(&owner, new.ino, b"system.posix_acl_default"),
+            Err(FsError::NoAttr)
+        ));
+        let sub = fs.mkdir(&owner, d.ino, b"sub", 0o777).unwrap();
+        assert_eq!(sub.perm, 0o770);
+        assert_eq!(
+            fs.getxattr(&owner, sub.ino, b"system.posix_acl_default")
+                .unwrap(),
+            default
+        );
+        // symlinks get neither the ACL nor the umask
+        let l = fs.symlink(&owner, d.ino, b"l", b"new").unwrap();
+        assert_eq!(l.perm, 0o777);
     }
 
     #[test]
