@@ -455,3 +455,99 @@ fn ro_opts() -> FsOptions {
         ..Default::default()
     }
 }
+
+#[test]
+fn bad_acls_and_stray_xattrs_are_removed() {
+    use arborfs::fs::XattrSet;
+    use arborfs::fs::xattr_format::{Namespace, XattrValue};
+    let (dev, d, f) = populated();
+    // A valid ACL (user 1000 rw) on f and a default ACL on d stay.
+    let acl = |entries: &[(u16, u16, u32)]| {
+        let mut b = 2u32.to_le_bytes().to_vec();
+        for &(tag, perm, id) in entries {
+            b.extend_from_slice(&tag.to_le_bytes());
+            b.extend_from_slice(&perm.to_le_bytes());
+            b.extend_from_slice(&id.to_le_bytes());
+        }
+        b
+    };
+    let good = acl(&[
+        (0x01, 6, u32::MAX),
+        (0x02, 6, 1000),
+        (0x04, 4, u32::MAX),
+        (0x10, 6, u32::MAX),
+        (0x20, 4, u32::MAX),
+    ]);
+    damage(&dev, |fs| {
+        let me = Caller::root();
+        fs.setxattr(&me, f, b"system.posix_acl_access", &good, XattrSet::Any)
+            .unwrap();
+        fs.setxattr(&me, d, b"system.posix_acl_default", &good, XattrSet::Any)
+            .unwrap();
+        fs.setxattr(&me, f, b"user.keep", b"1", XattrSet::Any)
+            .unwrap();
+    });
+    let r = fsck(&dev, false);
+    assert!(r.is_clean(), "{:?}", r.problems);
+
+    let raw = |ino: u64, slot: u64, name: &[u8], value: Vec<u8>| {
+        let v = XattrValue {
+            ns: Namespace::System,
+            name: name.to_vec(),
+            value,
+        };
+        Key::new(Pos::new(ino, slot, u32::MAX), KeyType::Xattr, v.encode())
+    };
+    damage(&dev, |fs| {
+        fs.engine()
+            .transact(Durability::Lazy, |tx| {
+                // an ACL without its owner entry, in a slot of its own
+                tx.put(
+                    BtreeId::Xattrs,
+                    raw(
+                        f.0,
+                        1 << 40,
+                        b"posix_acl_access",
+                        acl(&[(0x20, 4, u32::MAX)]),
+                    ),
+                );
+                // a default ACL on a regular file
+                tx.put(
+                    BtreeId::Xattrs,
+                    raw(f.0, (1 << 40) + 7, b"posix_acl_default", good.clone()),
+                );
+                // attributes and a symlink target of an inode that does not exist
+                tx.put(
+                    BtreeId::Xattrs,
+                    raw(987_654, 1 << 30, b"posix_acl_access", good.clone()),
+                );
+                tx.put(
+                    BtreeId::Xattrs,
+                    Key::blob(Pos::new(987_655, 0, u32::MAX), b"x".to_vec()),
+                );
+                // garbage
+                tx.put(
+                    BtreeId::Xattrs,
+                    Key::new(Pos::new(f.0, 1 << 41, u32::MAX), KeyType::Xattr, vec![9; 3]),
+                );
+                Ok(())
+            })
+            .unwrap();
+    });
+    let r = fsck(&dev, false);
+    assert_eq!(r.problems.len(), 5, "{:?}", r.problems);
+    assert_repairs(&dev, "bad ACLs and stray xattrs");
+    // what was valid is still there
+    let fs = Fs::open(dev.clone() as Arc<dyn Device>, opts()).unwrap();
+    let me = Caller::root();
+    assert_eq!(
+        fs.getxattr(&me, f, b"system.posix_acl_access").unwrap(),
+        good
+    );
+    assert_eq!(
+        fs.getxattr(&me, d, b"system.posix_acl_default").unwrap(),
+        good
+    );
+    assert_eq!(fs.getxattr(&me, f, b"user.keep").unwrap(), b"1");
+    fs.close().unwrap();
+}

@@ -3,17 +3,20 @@
 //! Reads every node (so every checksum and key range is verified), then
 //! cross-checks: directory entries against inodes (dangling entries, wrong
 //! d_type), link counts, directory parents, reachability, extents against
-//! their inode (owner exists, within i_size, sector counts), the orphan list,
+//! their inode (owner exists, within i_size, sector counts), extended
+//! attributes (owner exists, decodable, valid POSIX ACLs), the orphan list,
 //! and allocation: alloc keys, the freespace index and the accounting totals
 //! are recomputed from the extents and b-tree nodes and compared.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use super::acl::Acl;
 use super::dirent_format::DirentValue;
 use super::error::FsResult;
 use super::inode_format::InodeValue;
 use super::types::*;
-use super::{Fs, inode_pos, orphan_pos};
+use super::xattr_format::{Namespace, SYSTEM_NAMES, XattrValue};
+use super::{Fs, hashtab, inode_pos, orphan_pos};
 use crate::alloc::alloc_format::{AllocValue, COUNTERS, Counter, DataType, encode_counters};
 use crate::alloc::extent_format::ExtentValue;
 use crate::alloc::{ACCOUNTING_POS, bucket_pos};
@@ -406,6 +409,37 @@ pub fn check(fs: &Fs, repair: bool, progress: &mut dyn FnMut(&str)) -> FsResult<
         }
     }
 
+    progress("checking extended attributes");
+    for k in engine.iter(BtreeId::Xattrs, Pos::MIN, Pos::MAX) {
+        let k = k?;
+        if k.ty == KeyType::Whiteout {
+            continue;
+        }
+        let owner = inodes.get(&k.pos.inode);
+        let problem = match (owner, k.pos.offset) {
+            (None, _) => Some("belongs to no inode".to_string()),
+            (Some(v), 0) if v.mode & S_IFMT != S_IFLNK => {
+                Some("is a symlink target of a non-symlink".into())
+            }
+            (Some(_), 0) => None,
+            (Some(v), _) => xattr_problem(&k, v),
+        };
+        let Some(why) = problem else { continue };
+        if repair {
+            fs.tx(Durability::Lazy, |tx| match k.pos.offset {
+                0 => {
+                    tx.delete(BtreeId::Xattrs, k.pos);
+                    Ok(())
+                }
+                slot => hashtab::remove(tx, BtreeId::Xattrs, k.pos.inode, slot),
+            })?;
+        }
+        r.problem(
+            repair,
+            format!("extended attribute key at {:?} {why}", k.pos),
+        );
+    }
+
     progress("checking extents");
     let geo = engine.geometry();
     let mut bucket_sectors: HashMap<u64, i64> = HashMap::new();
@@ -657,6 +691,24 @@ pub fn check(fs: &Fs, repair: bool, progress: &mut dyn FnMut(&str)) -> FsResult<
 /// Whether an extent is space preallocated by fallocate (which stores
 /// zeros raw): allowed past the end of the file, as with `KEEP_SIZE`.
 /// Recognized by its checksum, that of a unit of zeros of its length.
+/// What is wrong with xattr key `k` of inode `v`, if anything: it must
+/// decode, and POSIX ACLs must be valid (a default ACL only on a directory).
+fn xattr_problem(k: &Key, v: &InodeValue) -> Option<String> {
+    let Some(x) = XattrValue::decode(&k.value).filter(|_| k.ty == KeyType::Xattr) else {
+        return Some("does not decode".into());
+    };
+    if x.ns != Namespace::System {
+        return None;
+    }
+    if let Err(e) = Acl::decode(&x.value) {
+        return Some(format!("holds an invalid ACL ({e})"));
+    }
+    if x.name == SYSTEM_NAMES[1] && v.mode & S_IFMT != S_IFDIR {
+        return Some("is a default ACL of a non-directory".into());
+    }
+    None
+}
+
 fn is_preallocation(v: &ExtentValue, zero_csums: &mut HashMap<(u8, u32), u64>) -> bool {
     if v.compression != 0 {
         return false;
