@@ -714,8 +714,10 @@ impl Filesystem for ArborFuse {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Writes go straight to the filesystem; nothing is buffered per handle.
-        reply.ok();
+        // Nothing is buffered per handle (writes reach the filesystem before
+        // they return), so close has nothing to do here. ENOSYS makes the
+        // kernel stop sending FLUSH at all: one round trip less per close.
+        reply.error(err(libc::ENOSYS));
     }
 
     fn release(
