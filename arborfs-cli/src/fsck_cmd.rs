@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use arborfs::device::{Device, FileDevice};
 use arborfs::engine::EngineOptions;
-use arborfs::fs::FsOptions;
-use arborfs::fs::fsck::check_device;
+use arborfs::fs::fsck::{check_data, check_device};
+use arborfs::fs::{Fs, FsOptions};
 use serde_json::json;
 
 pub const EXIT_CLEAN: i32 = 0;
@@ -19,7 +19,8 @@ pub const EXIT_UNREPAIRED: i32 = 4;
 pub const EXIT_ERROR: i32 = 8;
 
 /// Runs fsck; `repair` is `-y`, otherwise nothing is written (`-n`).
-pub fn run(image: &Path, repair: bool, as_json: bool) -> i32 {
+/// `data`: also read and verify every unit of file data (`--check-data`).
+pub fn run(image: &Path, repair: bool, data: bool, as_json: bool) -> i32 {
     let fail = |msg: String| {
         if as_json {
             println!("{}", json!({"status": "error", "error": msg}));
@@ -59,7 +60,7 @@ pub fn run(image: &Path, repair: bool, as_json: bool) -> i32 {
             eprintln!("  {s}...");
         }
     };
-    let report = match check_device(dev, opts, repair, &mut progress) {
+    let mut report = match check_device(dev.clone(), opts.clone(), repair, &mut progress) {
         Ok(r) => r,
         Err(e) => {
             return fail(format!(
@@ -68,6 +69,30 @@ pub fn run(image: &Path, repair: bool, as_json: bool) -> i32 {
             ));
         }
     };
+    let mut damaged_data = 0;
+    if data {
+        let read_only = FsOptions {
+            engine: EngineOptions {
+                read_only: true,
+                ..opts.engine
+            },
+            ..opts
+        };
+        let checked = Fs::open(dev, read_only).and_then(|fs| check_data(&fs, &mut progress));
+        match checked {
+            Ok(d) => {
+                damaged_data = d.problems.len();
+                report.unrepaired += d.unrepaired;
+                report.problems.extend(d.problems);
+            }
+            Err(e) => {
+                return fail(format!(
+                    "cannot check the file data in {}: {e}",
+                    image.display()
+                ));
+            }
+        }
+    }
     let code = if report.unrepaired > 0 {
         EXIT_UNREPAIRED
     } else if report.repaired > 0 {
@@ -86,6 +111,7 @@ pub fn run(image: &Path, repair: bool, as_json: bool) -> i32 {
             "inodes": report.inodes,
             "dirents": report.dirents,
             "extents": report.extents,
+            "damaged_data": damaged_data,
             "seconds": started.elapsed().as_secs_f64(),
         });
         println!("{v}");
@@ -111,6 +137,13 @@ pub fn run(image: &Path, repair: bool, as_json: bool) -> i32 {
                 ),
             }
         );
+        if damaged_data > 0 {
+            println!(
+                "{damaged_data} damaged pieces of file data: there is one copy of the data, so \
+                 -y cannot repair them; reads of those ranges fail with EIO (restore the files \
+                 from a backup)"
+            );
+        }
     }
     code
 }

@@ -47,6 +47,10 @@ enum Cmd {
         /// Print a JSON summary instead of text.
         #[arg(long)]
         json: bool,
+        /// Also read every unit of file data and verify its checksum (an
+        /// offline scrub; damaged data is reported, not repaired).
+        #[arg(long)]
+        check_data: bool,
         image: PathBuf,
     },
     /// Create a new filesystem on an image file (created if missing) or block device.
@@ -205,9 +209,10 @@ fn run(cli: Cli) -> ExitCode {
             no: _,
             yes,
             json,
+            check_data,
             image,
         } => {
-            return ExitCode::from(fsck_cmd::run(&image, yes, json) as u8);
+            return ExitCode::from(fsck_cmd::run(&image, yes, check_data, json) as u8);
         }
         Cmd::Format {
             size,

@@ -1020,8 +1020,9 @@ fn arborfs_sync_makes_buffered_writes_durable() {
     assert!(out.stderr.contains("not mounted"), "{}", out.stderr);
 }
 
-/// A flipped byte in one file's stored data: reading that file fails with
-/// EIO, other files still read, the mount stays up.
+/// A flipped byte in one file's stored data: `fsck --check-data` names the
+/// file, reading it fails with EIO, other files still read, the mount stays
+/// up.
 #[test]
 fn flipped_data_byte_reads_as_eio() {
     require_fuse!();
@@ -1039,6 +1040,15 @@ fn flipped_data_byte_reads_as_eio() {
         .expect("data of a on disk");
     img[at + 5] ^= 0x01;
     fs::write(&f.image, &img).unwrap();
+    // Metadata is intact, so plain fsck is clean; `--check-data` reads the
+    // data and names the damaged file.
+    let out = arborfs(&["fsck", "-n", f.image()]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    let out = arborfs(&["fsck", "-n", "--check-data", f.image()]);
+    assert_eq!(out.status.code(), Some(4), "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("(/a)"), "{}", out.stdout);
+    assert!(out.stdout.contains("cannot repair"), "{}", out.stdout);
+    assert!(!out.stdout.contains("(/b)"), "{}", out.stdout);
     f.mount_fg("");
     let err = fs::read(f.p("a")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");

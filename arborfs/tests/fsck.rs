@@ -162,20 +162,24 @@ fn wrong_alloc_key_is_fixed() {
     assert_repairs(&dev, "alloc");
 }
 
+/// The first extent key of file `f`.
+fn first_extent(fs: &Fs, f: InodeNo) -> Key {
+    fs.engine()
+        .iter(
+            BtreeId::Extents,
+            Pos::new(f.0, 0, 0),
+            Pos::new(f.0, u64::MAX, u32::MAX),
+        )
+        .next()
+        .expect("an extent of the file")
+        .unwrap()
+}
+
 #[test]
 fn extent_past_end_of_file_is_dropped() {
     let (dev, _, f) = populated();
     damage(&dev, |fs| {
-        let k = fs
-            .engine()
-            .iter(
-                BtreeId::Extents,
-                Pos::new(f.0, 0, 0),
-                Pos::new(f.0, u64::MAX, u32::MAX),
-            )
-            .next()
-            .unwrap()
-            .unwrap();
+        let k = first_extent(fs, f);
         let mut far = k.clone();
         far.pos.offset += 1 << 20;
         fs.engine()
@@ -550,4 +554,41 @@ fn bad_acls_and_stray_xattrs_are_removed() {
     );
     assert_eq!(fs.getxattr(&me, f, b"user.keep").unwrap(), b"1");
     fs.close().unwrap();
+}
+
+#[test]
+fn damaged_file_data_is_reported_with_its_path() {
+    use arborfs::alloc::extent_format::ExtentValue;
+    use arborfs::fs::fsck::check_data;
+    let (dev, _, f) = populated();
+    let data = |dev: &Arc<MemDevice>| {
+        let fs = Fs::open(dev.clone() as Arc<dyn Device>, opts()).unwrap();
+        let r = check_data(&fs, &mut |_| {}).unwrap();
+        fs.close().unwrap();
+        r
+    };
+    let r = data(&dev);
+    assert!(r.is_clean(), "{:?}", r.problems);
+    assert!(r.extents >= 50, "{r:?}");
+    // Flip one byte inside the last file's stored data.
+    let sector = {
+        let fs = Fs::open(dev.clone() as Arc<dyn Device>, opts()).unwrap();
+        let k = first_extent(&fs, f);
+        let s = ExtentValue::decode(&k.value).unwrap().ptrs[0].dev_sector;
+        fs.close().unwrap();
+        s
+    };
+    let mut b = [0u8; 1];
+    dev.read_at(&mut b, sector * 512 + 100).unwrap();
+    b[0] ^= 0x40;
+    dev.write_at(&b, sector * 512 + 100).unwrap();
+    // The metadata checks cannot see it; the data check names the file.
+    assert!(fsck(&dev, false).is_clean());
+    let r = data(&dev);
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    assert_eq!(r.unrepaired, 1);
+    let p = &r.problems[0];
+    assert!(p.contains(&format!("inode {}", f.0)), "{p}");
+    assert!(p.contains("/dir/file49"), "{p}");
+    assert!(p.contains("checksum mismatch"), "{p}");
 }

@@ -219,7 +219,7 @@ fn zero_gaps(out: &mut [u8], offset: u64, pieces: &[Piece]) {
 }
 
 /// Checks a stored unit's checksum.
-fn verify_unit(v: &ExtentValue, ptr: &ExtentPtr, stored: &[u8]) -> FsResult<()> {
+pub(crate) fn verify_unit(v: &ExtentValue, ptr: &ExtentPtr, stored: &[u8]) -> FsResult<()> {
     let kind = checksum_type(v.csum_type)?;
     if checksum(kind, stored) != v.csum {
         tracing::error!(sector = ptr.dev_sector, "data checksum mismatch");
