@@ -33,17 +33,22 @@ pub fn run(image: &Path, repair: bool, data: bool, as_json: bool) -> i32 {
         Ok(d) => d,
         Err(e) => return fail(format!("cannot open {}: {e}", image.display())),
     };
-    if repair {
-        match dev.try_lock_exclusive() {
-            Ok(true) => {}
-            Ok(false) => {
-                return fail(format!(
-                    "{} is in use (mounted?); unmount it first",
-                    image.display()
-                ));
-            }
-            Err(e) => return fail(format!("cannot lock {}: {e}", image.display())),
+    match dev.try_lock_exclusive() {
+        Ok(true) => {}
+        Ok(false) if repair => {
+            return fail(format!(
+                "{} is in use (mounted?); unmount it first",
+                image.display()
+            ));
         }
+        // As e2fsck -n on a mounted filesystem: go on, but say that what a
+        // live filesystem has not written yet looks like damage.
+        Ok(false) => eprintln!(
+            "arborfs fsck: warning: {} is in use (mounted?); a live filesystem changes \
+             under the check, so problems found may not be real",
+            image.display()
+        ),
+        Err(e) => return fail(format!("cannot lock {}: {e}", image.display())),
     }
     let dev: Arc<dyn Device> = Arc::new(dev);
     let opts = FsOptions {

@@ -1050,6 +1050,12 @@ fn flipped_data_byte_reads_as_eio() {
     assert!(out.stdout.contains("cannot repair"), "{}", out.stdout);
     assert!(!out.stdout.contains("(/b)"), "{}", out.stdout);
     f.mount_fg("");
+    // On a mounted image: -n warns, -y refuses.
+    let out = arborfs(&["fsck", "-n", f.image()]);
+    assert!(out.stderr.contains("is in use"), "{}", out.stderr);
+    let out = arborfs(&["fsck", "-y", f.image()]);
+    assert_eq!(out.status.code(), Some(8), "{}", out.stderr);
+    assert!(out.stderr.contains("unmount it first"), "{}", out.stderr);
     let err = fs::read(f.p("a")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     assert_eq!(fs::read(f.p("b")).unwrap(), b);
