@@ -685,3 +685,57 @@ fn engine_on_partly_overwritten_image_never_panics() {
         outcomes.lock().unwrap()
     );
 }
+
+// ---------------------------------------------------------------- fs values
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Inode, directory entry, xattr and POSIX ACL values (what fsck and
+    /// every lookup decode from the b-trees) never panic on arbitrary bytes.
+    #[test]
+    fn fs_value_decoders_never_panic(b in bytes(300)) {
+        use arborfs::fs::acl::Acl;
+        use arborfs::fs::dirent_format::DirentValue;
+        use arborfs::fs::inode_format::InodeValue;
+        use arborfs::fs::xattr_format::XattrValue;
+        let _ = InodeValue::decode(&b);
+        let _ = DirentValue::decode(&b);
+        let _ = XattrValue::decode(&b);
+        if let Ok(acl) = Acl::decode(&b) {
+            // what decodes is valid: it encodes back to what was read
+            // (named entries keep their ids, the others carry none)
+            prop_assert_eq!(Acl::decode(&acl.encode()).unwrap(), acl.clone());
+            prop_assert!(acl.mode_bits() <= 0o777);
+        }
+    }
+
+    /// A valid ACL built from arbitrary named entries round-trips, and the
+    /// mode it stands for follows its owner, mask and other entries.
+    #[test]
+    fn acls_round_trip(
+        owner in 0u16..8, group in 0u16..8, other in 0u16..8, mask in 0u16..8,
+        users in proptest::collection::btree_map(0u32..5000, 0u16..8, 0..6),
+        groups in proptest::collection::btree_map(0u32..5000, 0u16..8, 0..6),
+    ) {
+        use arborfs::fs::acl::{ACL_GROUP, ACL_GROUP_OBJ, ACL_MASK, ACL_OTHER, ACL_USER, ACL_USER_OBJ, Acl};
+        let mut b = 2u32.to_le_bytes().to_vec();
+        let mut push = |tag: u16, perm: u16, id: u32| {
+            b.extend_from_slice(&tag.to_le_bytes());
+            b.extend_from_slice(&perm.to_le_bytes());
+            b.extend_from_slice(&id.to_le_bytes());
+        };
+        push(ACL_USER_OBJ, owner, u32::MAX);
+        for (&id, &p) in &users { push(ACL_USER, p, id); }
+        push(ACL_GROUP_OBJ, group, u32::MAX);
+        for (&id, &p) in &groups { push(ACL_GROUP, p, id); }
+        let named = !users.is_empty() || !groups.is_empty();
+        if named { push(ACL_MASK, mask, u32::MAX); }
+        push(ACL_OTHER, other, u32::MAX);
+        let acl = Acl::decode(&b).unwrap();
+        prop_assert_eq!(acl.encode(), b);
+        let g = if named { mask } else { group };
+        prop_assert_eq!(acl.mode_bits(), (owner as u32) << 6 | (g as u32) << 3 | other as u32);
+        prop_assert_eq!(acl.is_minimal(), !named);
+    }
+}

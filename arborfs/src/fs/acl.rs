@@ -63,10 +63,17 @@ impl Acl {
         }
         let entries: Vec<AclEntry> = b[HEADER_BYTES..]
             .chunks_exact(ENTRY_BYTES)
-            .map(|e| AclEntry {
-                tag: u16::from_le_bytes([e[0], e[1]]),
-                perm: u16::from_le_bytes([e[2], e[3]]),
-                id: u32::from_le_bytes([e[4], e[5], e[6], e[7]]),
+            .map(|e| {
+                let tag = u16::from_le_bytes([e[0], e[1]]);
+                AclEntry {
+                    tag,
+                    perm: u16::from_le_bytes([e[2], e[3]]),
+                    // Only named entries have an id (others: undefined).
+                    id: match tag {
+                        ACL_USER | ACL_GROUP => u32::from_le_bytes([e[4], e[5], e[6], e[7]]),
+                        _ => u32::MAX,
+                    },
+                }
             })
             .collect();
         let count = |tag| entries.iter().filter(|e| e.tag == tag).count();
@@ -91,10 +98,7 @@ impl Acl {
             _ => return Err(bad("more than one mask entry")),
         }
         // The kernel's order: by tag, named entries by id, no duplicates.
-        let key = |e: &AclEntry| {
-            let named = matches!(e.tag, ACL_USER | ACL_GROUP);
-            (e.tag, if named { e.id } else { 0 })
-        };
+        let key = |e: &AclEntry| (e.tag, e.id);
         if entries.windows(2).any(|w| key(&w[0]) >= key(&w[1])) {
             return Err(bad("entries out of order or repeated"));
         }
@@ -107,12 +111,7 @@ impl Acl {
         for e in &self.entries {
             b.extend_from_slice(&e.tag.to_le_bytes());
             b.extend_from_slice(&e.perm.to_le_bytes());
-            let id = if matches!(e.tag, ACL_USER | ACL_GROUP) {
-                e.id
-            } else {
-                u32::MAX
-            };
-            b.extend_from_slice(&id.to_le_bytes());
+            b.extend_from_slice(&e.id.to_le_bytes());
         }
         b
     }
