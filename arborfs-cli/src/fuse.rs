@@ -296,6 +296,11 @@ pub struct ArborFuse {
 /// for benchmarks of cold reads.
 const DROP_CACHES_XATTR: &[u8] = b"trusted.arborfs.drop_caches";
 
+/// Setting this xattr on any file (as root) gives the space of free buckets
+/// back to the storage (`Fs::trim`): `arborfs trim MOUNTPOINT`, fstrim's
+/// counterpart.
+pub const TRIM_XATTR: &[u8] = b"trusted.arborfs.trim";
+
 /// File handles of files opened with O_DIRECT carry this bit: their IO
 /// bypasses the kernel's page cache (FOPEN_DIRECT_IO) and ours.
 const DIRECT_FH: u64 = 1 << 63;
@@ -868,6 +873,14 @@ impl Filesystem for ArborFuse {
                 return;
             }
             reply_empty(reply, self.fs.drop_caches());
+            return;
+        }
+        if name.as_bytes() == TRIM_XATTR {
+            if req.uid() != 0 {
+                reply.error(err(libc::EPERM));
+                return;
+            }
+            reply_empty(reply, self.fs.trim().map(|_| ()));
             return;
         }
         let how = match flags {

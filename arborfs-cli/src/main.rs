@@ -99,6 +99,12 @@ enum Cmd {
     /// Write back and make durable everything on a mounted filesystem
     /// (sync(1) and syncfs(2) do not reach a FUSE daemon).
     Sync { mountpoint: PathBuf },
+    /// Give the space of free buckets back to the storage: holes in an image
+    /// file, discards on a block device (like fstrim). Root on a mount.
+    Trim {
+        /// A mount point, or an unmounted image.
+        path: PathBuf,
+    },
     /// Show capacity, data, metadata and free space of an image or mount.
     Usage {
         #[arg(long)]
@@ -239,6 +245,7 @@ fn run(cli: Cli) -> ExitCode {
         } => mount_cmd::cmd_mount(&image, &mountpoint, &options.join(","), foreground),
         Cmd::Umount { mountpoint } => mount_cmd::cmd_umount(&mountpoint),
         Cmd::Sync { mountpoint } => mount_cmd::cmd_sync(&mountpoint),
+        Cmd::Trim { path } => mount_cmd::cmd_trim(&path),
         Cmd::Usage { json, path } => mount_cmd::cmd_usage(&path, json),
         Cmd::ShowSuper { json, image } => show_super(&image, json),
         Cmd::List {

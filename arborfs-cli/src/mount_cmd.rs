@@ -382,6 +382,77 @@ pub fn cmd_sync(mountpoint: &Path) -> Result<()> {
         .with_context(|| format!("sync of {} failed", mnt.display()))
 }
 
+/// `arborfs trim MOUNTPOINT|IMAGE`: gives the space of free buckets back to
+/// the storage (holes in an image file, discards on a block device), like
+/// fstrim. On a mount the daemon does it (a control xattr, root only); an
+/// unmounted image is opened and trimmed here.
+pub fn cmd_trim(path: &Path) -> Result<()> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
+    let image_bytes = |image: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(image).map(|m| m.blocks() * 512).ok()
+    };
+    let (image, trimmed) = if meta.is_dir() {
+        let (mnt, entry) = arborfs_mount(path)?;
+        let image = PathBuf::from(&entry.source);
+        let before = image_bytes(&image);
+        set_control_xattr(&mnt, fuse::TRIM_XATTR, b"1")
+            .with_context(|| format!("trim of {} failed (as root?)", mnt.display()))?;
+        let after = image_bytes(&image);
+        (image, before.zip(after).map(|(b, a)| b.saturating_sub(a)))
+    } else {
+        let dev = FileDevice::open(path, true)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        lock_image(&dev, path)?;
+        let fs = Fs::open(Arc::new(dev), FsOptions::default())
+            .with_context(|| format!("cannot open the filesystem on {}", path.display()))?;
+        let r = fs
+            .trim()
+            .with_context(|| format!("trim of {} failed", path.display()))?;
+        fs.close()?;
+        println!(
+            "{}: {} free buckets ({}) discarded",
+            path.display(),
+            r.buckets,
+            human(r.bytes)
+        );
+        (path.to_path_buf(), None)
+    };
+    if let Some(freed) = trimmed {
+        println!(
+            "{}: {} returned to the host; the image now takes {}",
+            image.display(),
+            human(freed),
+            human(image_bytes(&image).unwrap_or(0))
+        );
+    }
+    Ok(())
+}
+
+/// Sets a control xattr (see `fuse::TRIM_XATTR`) on the mount point.
+fn set_control_xattr(dir: &Path, name: &[u8], value: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    let name = std::ffi::CString::new(name)?;
+    // SAFETY: both strings are NUL-terminated and outlive the call; `value`
+    // points at `value.len()` readable bytes.
+    let r = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// `arborfs umount MOUNTPOINT`: unmounts and waits until the daemon has
 /// closed the image (its lock is free) and the image is clean.
 pub fn cmd_umount(mountpoint: &Path) -> Result<()> {

@@ -78,6 +78,13 @@ fn snapshot(root: &Path) -> Vec<String> {
     out
 }
 
+/// A command prefix that runs the rest as uid and gid 1000, no groups.
+fn as_uid_1000() -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid", "1000", "--regid", "1000", "--clear-groups"]);
+    c
+}
+
 /// POSIX ACLs through the kernel, with setfacl/getfacl, as on ext4 (each
 /// expectation below is what ext4 does): a named user entry grants access
 /// the mode alone would not, the mask limits it and shows as the group bits,
@@ -102,18 +109,7 @@ fn posix_acls_are_enforced_as_on_ext4() {
     // run as uid 1000 (no groups); true if it succeeded
     let as_1000 = |script: &str| {
         run_timeout(
-            Command::new("setpriv")
-                .args([
-                    "--reuid",
-                    "1000",
-                    "--regid",
-                    "1000",
-                    "--clear-groups",
-                    "sh",
-                    "-c",
-                    script,
-                ])
-                .current_dir(&mnt),
+            as_uid_1000().args(["sh", "-c", script]).current_dir(&mnt),
             WAIT,
         )
         .status
@@ -180,6 +176,58 @@ fn posix_acls_are_enforced_as_on_ext4() {
     assert_eq!(mode("f"), "-rw-------");
     assert_eq!(acl("f"), "user::rw- group::--- other::---");
     assert!(!as_1000("cat f"));
+    f.umount();
+}
+
+/// `arborfs trim` gives deleted files' space back to the image's host
+/// filesystem, mounted (as root only) or not, and what lives stays.
+#[test]
+fn trim_returns_deleted_space_to_the_host() {
+    require_fuse!();
+    require_root!("trim is a root control");
+    let mut f = Fixture::new();
+    f.mount_fg("size=256M");
+    let allocated = |p: &Path| fs::metadata(p).unwrap().blocks() * 512;
+    let keep = pattern(4 << 20, 7);
+    fs::write(f.p("keep"), &keep).unwrap();
+    let big = fs::File::create(f.p("big")).unwrap();
+    {
+        use std::io::Write;
+        let mut w = std::io::BufWriter::new(&big);
+        for i in 0..64 {
+            w.write_all(&pattern(1 << 20, 100 + i)).unwrap();
+        }
+    }
+    big.sync_all().unwrap();
+    drop(big);
+    let before = allocated(&f.image);
+    fs::remove_file(f.p("big")).unwrap();
+    // not as another user
+    let out = run_timeout(as_uid_1000().args([BIN, "trim"]).arg(&f.mnt), WAIT);
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("not permitted"), "{}", out.stderr);
+    let out = arborfs(&["trim", f.mnt()]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("returned to the host"),
+        "{}",
+        out.stdout
+    );
+    let after = allocated(&f.image);
+    assert!(
+        before - after >= 56 << 20,
+        "the image went from {before} to {after} bytes"
+    );
+    assert_eq!(fs::read(f.p("keep")).unwrap(), keep);
+    f.umount();
+    // Unmounted: the image is trimmed directly; fsck stays clean.
+    let out = arborfs(&["trim", f.image()]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(out.stdout.contains("free buckets"), "{}", out.stdout);
+    let out = arborfs(&["fsck", "-n", "--check-data", f.image()]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    f.mount_fg("");
+    assert_eq!(fs::read(f.p("keep")).unwrap(), keep);
     f.umount();
 }
 

@@ -68,6 +68,15 @@ impl EngineOptions {
     }
 }
 
+/// What [`Engine::trim`] handed back to the storage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrimReport {
+    /// Free buckets discarded.
+    pub buckets: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
 /// Statistics for tests and tools.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EngineStats {
@@ -714,6 +723,65 @@ impl Engine {
     /// Writes all dirty nodes now.
     pub fn checkpoint(&self) -> Result<()> {
         self.inner.checkpoint()
+    }
+
+    /// Discards every free bucket, as fstrim does: an image file gets holes
+    /// where nothing lives, a block device may unmap the space. A bucket is
+    /// discarded only when it could be handed out for reuse right now (in
+    /// the freespace index, not open or pinned, its emptying durable), and
+    /// the allocator stays locked while its batch is discarded, so no write
+    /// lands in a bucket being discarded. Whatever later reads a discarded
+    /// bucket through a stale pointer fails its generation check first.
+    pub fn trim(&self) -> Result<TrimReport> {
+        self.inner.check_writable()?;
+        const BATCH: usize = 256;
+        let geo = self.geometry();
+        let bucket_bytes = geo.bucket_sectors * crate::SECTOR_BYTES;
+        let mut report = TrimReport::default();
+        let mut start = geo.first_data_bucket;
+        loop {
+            let ctx = self.inner.ctx();
+            let free = self.inner.tree(BtreeId::Freespace).read();
+            let mut st = self.inner.alloc.lock();
+            st.note_durable(self.inner.journal.durable_seq());
+            let mut batch = Vec::new();
+            free.scan(
+                &ctx,
+                bucket_pos(start),
+                Pos::new(0, u64::MAX, u32::MAX),
+                BATCH,
+                &mut batch,
+            )?;
+            // Runs of neighbouring discardable buckets, one call each.
+            let mut runs: Vec<(u64, u64)> = Vec::new();
+            for k in &batch {
+                let b = k.pos.offset;
+                if b < geo.first_data_bucket
+                    || b >= geo.nbuckets
+                    || st.is_busy(b)
+                    || st.pending_empty.contains_key(&b)
+                {
+                    continue;
+                }
+                match runs.last_mut() {
+                    Some((first, n)) if *first + *n == b => *n += 1,
+                    _ => runs.push((b, 1)),
+                }
+            }
+            for (first, n) in runs {
+                self.inner
+                    .dev
+                    .discard(first * bucket_bytes, n * bucket_bytes)?;
+                report.buckets += n;
+                report.bytes += n * bucket_bytes;
+            }
+            drop(st);
+            drop(free);
+            match batch.last() {
+                Some(k) if batch.len() == BATCH => start = k.pos.offset + 1,
+                _ => return Ok(report),
+            }
+        }
     }
 
     /// Makes every commit so far durable.

@@ -16,7 +16,7 @@ pub mod sb;
 
 pub use btree::iter::SnapshotAncestry;
 pub use btree::trans::{Durability, Transaction, Update};
-pub use engine::{Engine, EngineOptions};
+pub use engine::{Engine, EngineOptions, TrimReport};
 pub use error::{Error, Result};
 pub use key::{BtreeId, Key, KeyType, Pos};
 

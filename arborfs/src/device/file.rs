@@ -12,6 +12,8 @@ use std::path::Path;
 pub struct FileDevice {
     file: File,
     size: u64,
+    /// A block device (discard by BLKDISCARD), not an image file.
+    is_block: bool,
     path: String,
 }
 
@@ -29,9 +31,15 @@ impl FileDevice {
             .open(path)
             .map_err(open_err)?;
         let size = device_size(&file).map_err(open_err)?;
+        let is_block = file
+            .metadata()
+            .map_err(open_err)?
+            .file_type()
+            .is_block_device();
         Ok(FileDevice {
             file,
             size,
+            is_block,
             path: path.display().to_string(),
         })
     }
@@ -55,9 +63,15 @@ impl FileDevice {
             file.set_len(size).map_err(open_err)?;
         }
         let size = device_size(&file).map_err(open_err)?;
+        let is_block = file
+            .metadata()
+            .map_err(open_err)?
+            .file_type()
+            .is_block_device();
         Ok(FileDevice {
             file,
             size,
+            is_block,
             path: path.display().to_string(),
         })
     }
@@ -170,7 +184,48 @@ impl Device for FileDevice {
     fn size(&self) -> u64 {
         self.size
     }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<(), DeviceError> {
+        check_range("discard", offset, len as usize, self.size)?;
+        let io_err = |source| DeviceError::Io {
+            op: "discard",
+            offset,
+            len: len as usize,
+            source,
+        };
+        let fd = self.file.as_raw_fd();
+        let r = if self.is_block {
+            let range: [u64; 2] = [offset, len];
+            // SAFETY: BLKDISCARD reads two u64s through the pointer, which
+            // points at a live local array; the descriptor is owned by
+            // `self.file`.
+            unsafe { libc::ioctl(fd, BLKDISCARD, range.as_ptr()) }
+        } else {
+            // SAFETY: fallocate takes no pointers; the descriptor is owned
+            // by `self.file`.
+            unsafe {
+                libc::fallocate(
+                    fd,
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    offset as libc::off_t,
+                    len as libc::off_t,
+                )
+            }
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            // Storage that cannot discard simply keeps the bytes.
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOTTY) | Some(libc::EINVAL) => Ok(()),
+            _ => Err(io_err(e)),
+        }
+    }
 }
+
+/// `_IO(0x12, 119)` from `<linux/fs.h>`.
+const BLKDISCARD: libc::Ioctl = (0x12 << 8) | 119;
 
 #[cfg(test)]
 mod tests {

@@ -21,6 +21,13 @@ pub trait Device: Send + Sync {
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DeviceError>;
     /// Makes every completed write durable (fdatasync / cache flush).
     fn flush(&self) -> Result<(), DeviceError>;
+    /// Tells the storage that `[offset, offset + len)` holds nothing needed:
+    /// an image file gives the space back to the host filesystem (a hole),
+    /// a block device may unmap it. Later reads of the range return zeros
+    /// or the old bytes. The default does nothing, which is also correct.
+    fn discard(&self, offset: u64, len: u64) -> Result<(), DeviceError> {
+        check_range("discard", offset, len as usize, self.size())
+    }
     /// Size in bytes.
     fn size(&self) -> u64;
 }

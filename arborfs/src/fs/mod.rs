@@ -378,6 +378,16 @@ impl FsCore {
         Ok(())
     }
 
+    /// Gives the space of every free bucket back to the storage (fstrim):
+    /// writes back cached data and makes every change durable first, and
+    /// checkpoints, so that buckets emptied by recent deletes count as free.
+    pub fn trim(&self) -> FsResult<crate::engine::TrimReport> {
+        self.sync()?;
+        self.engine.checkpoint()?;
+        self.engine.sync()?;
+        Ok(self.engine.trim()?)
+    }
+
     pub(crate) fn open_count(&self, ino: InodeNo) -> u32 {
         self.open_counts.lock().get(&ino.0).copied().unwrap_or(0)
     }
