@@ -377,7 +377,13 @@ impl ArborFuse {
     /// page cache or is followed by `invalidate`.
     fn open_reply(ino: InodeNo, flags: i32) -> (FileHandle, FopenFlags) {
         if flags & libc::O_DIRECT != 0 {
-            (FileHandle(ino.0 | DIRECT_FH), FopenFlags::FOPEN_DIRECT_IO)
+            // Direct writes that do not extend the file run in parallel (the
+            // kernel takes its inode lock shared): the IO locks below order
+            // them per page range, as for buffered writes.
+            (
+                FileHandle(ino.0 | DIRECT_FH),
+                FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES,
+            )
         } else {
             (FileHandle(ino.0), FopenFlags::FOPEN_KEEP_CACHE)
         }

@@ -224,6 +224,9 @@ fn stress_concurrent_io_paths() {
         duration: Duration::from_secs(secs),
         grace: Duration::from_secs(30),
         seed,
+        // Two O_DIRECT writers into the same files: their non-extending
+        // writes run in parallel (FOPEN_PARALLEL_DIRECT_WRITES).
+        direct_writers: 2,
         ..StressConfig::default()
     };
     let mut f = Fixture::with_deadline(cfg.duration + Duration::from_secs(150));
