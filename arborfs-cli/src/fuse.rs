@@ -240,6 +240,27 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// The attributes of a negative lookup reply: only node id 0 matters.
+fn negative_entry() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: fuser::FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
 fn reply_entry(reply: ReplyEntry, r: FsResult<Attr>) {
     match r {
         Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(a.generation)),
@@ -429,11 +450,17 @@ impl Filesystem for ArborFuse {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_entry(
-            reply,
-            self.fs
-                .lookup(&caller(req), node_to_ino(parent), name.as_bytes()),
-        );
+        match self
+            .fs
+            .lookup(&caller(req), node_to_ino(parent), name.as_bytes())
+        {
+            // A negative entry (node 0) the kernel may keep for TTL: builds
+            // and shells probe the same missing names (include paths, PATH)
+            // over and over. Safe because every change of a name goes
+            // through this kernel, which drops the negative entry itself.
+            Err(FsError::NotFound) => reply.entry(&TTL, &negative_entry(), Generation(0)),
+            r => reply_entry(reply, r),
+        }
     }
 
     fn forget(&self, _req: &Request, _ino: INodeNo, _nlookup: u64) {

@@ -231,6 +231,60 @@ fn trim_returns_deleted_space_to_the_host() {
     f.umount();
 }
 
+/// Failed lookups are cached by the kernel (negative entries), but a name
+/// created by any call right after is seen at once, and a removed one is
+/// gone at once.
+#[test]
+fn names_appear_and_vanish_right_after_failed_lookups() {
+    require_fuse!();
+    let mut f = Fixture::new();
+    f.mount_fg("size=64M");
+    let missing = |name: &str| {
+        let e = fs::metadata(f.p(name)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{name}: {e}");
+    };
+    fs::write(f.p("src"), b"x").unwrap();
+    fs::create_dir(f.p("sub")).unwrap();
+    fs::write(f.p("sub/moved"), b"y").unwrap();
+    let makers: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+        ("file", Box::new(|p| fs::write(p, b"1").unwrap())),
+        ("dir", Box::new(|p| fs::create_dir(p).unwrap())),
+        (
+            "symlink",
+            Box::new(|p| std::os::unix::fs::symlink("src", p).unwrap()),
+        ),
+        (
+            "hardlink",
+            Box::new(|p| fs::hard_link(p.with_file_name("src"), p).unwrap()),
+        ),
+        ("fifo", Box::new(|p| mkfifo(p))),
+        (
+            "renamed",
+            Box::new(|p| fs::rename(p.with_file_name("sub").join("moved"), p).unwrap()),
+        ),
+    ];
+    for (name, make) in &makers {
+        for _ in 0..3 {
+            missing(name);
+        }
+        make(&f.p(name));
+        assert!(
+            fs::symlink_metadata(f.p(name)).is_ok(),
+            "{name} not seen after creation"
+        );
+    }
+    for (name, _) in &makers {
+        let p = f.p(name);
+        if fs::symlink_metadata(&p).unwrap().is_dir() {
+            fs::remove_dir(&p).unwrap();
+        } else {
+            fs::remove_file(&p).unwrap();
+        }
+        missing(name);
+    }
+    f.umount();
+}
+
 /// A directory far larger than one READDIRPLUS reply (the first one of a
 /// listing is capped): plain listings, listings that stat every entry and
 /// listings after a cache drop all see every entry once, with its attributes.
