@@ -246,7 +246,8 @@ fn names_appear_and_vanish_right_after_failed_lookups() {
     fs::write(f.p("src"), b"x").unwrap();
     fs::create_dir(f.p("sub")).unwrap();
     fs::write(f.p("sub/moved"), b"y").unwrap();
-    let makers: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+    type Maker = Box<dyn Fn(&Path)>;
+    let makers: Vec<(&str, Maker)> = vec![
         ("file", Box::new(|p| fs::write(p, b"1").unwrap())),
         ("dir", Box::new(|p| fs::create_dir(p).unwrap())),
         (
