@@ -258,7 +258,7 @@ fn names_appear_and_vanish_right_after_failed_lookups() {
             "hardlink",
             Box::new(|p| fs::hard_link(p.with_file_name("src"), p).unwrap()),
         ),
-        ("fifo", Box::new(|p| mkfifo(p))),
+        ("fifo", Box::new(mkfifo)),
         (
             "renamed",
             Box::new(|p| fs::rename(p.with_file_name("sub").join("moved"), p).unwrap()),
