@@ -157,6 +157,21 @@ fn proc_groups(pid: u32) -> Vec<u32> {
     parse_groups(&s)
 }
 
+/// `CAP_FSETID` from `<linux/capability.h>`.
+const CAP_FSETID: u32 = 4;
+
+/// Whether process `pid` has capability `cap` in its effective set (`None`
+/// if it is gone or its status is unreadable).
+fn proc_capability(pid: u32, cap: u32) -> Option<bool> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_cap_eff(&s).map(|set| set >> cap & 1 == 1)
+}
+
+fn parse_cap_eff(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
 fn parse_groups(status: &str) -> Vec<u32> {
     status
         .lines()
@@ -490,7 +505,15 @@ impl Filesystem for ArborFuse {
         reply: ReplyAttr,
     ) {
         let ino = node_to_ino(ino);
-        let who = caller(req);
+        let mut who = caller(req);
+        if size.is_some() && who.fsetid && req.pid() != 0 {
+            // A truncate by root without CAP_FSETID (a container, setpriv)
+            // must clear setuid/setgid as on ext4. The kernel marks such a
+            // setattr (FATTR_KILL_SUIDGID) but fuser does not pass that on,
+            // so ask the caller's capabilities; truncates by root are rare
+            // enough for the /proc read.
+            who.fsetid = proc_capability(req.pid(), CAP_FSETID).unwrap_or(true);
+        }
         let set = SetAttr {
             mode,
             uid,
@@ -510,7 +533,7 @@ impl Filesystem for ArborFuse {
             if let Some(size) = size {
                 // The kernel checked write access (at open, for ftruncate).
                 // Clearing setuid/setgid is ours (FUSE_HANDLE_KILLPRIV_V2):
-                // set_size does it for callers other than root.
+                // set_size does it for callers without CAP_FSETID.
                 attr = Some(self.fs.set_size(&who, ino, size)?);
             }
             if others || attr.is_none() {
@@ -1545,6 +1568,16 @@ mod tests {
         let s = "Name:\tsh\nUid:\t1\t1\t1\t1\nGroups:\t4 24 27 \nNgid:\t0\n";
         assert_eq!(parse_groups(s), vec![4, 24, 27]);
         assert_eq!(parse_groups("Groups:\t\n"), Vec::<u32>::new());
+        assert_eq!(
+            parse_cap_eff("Name:\tx\nCapEff:\t000001fffeffffef\n"),
+            Some(0x1fffeffffef)
+        );
+        assert_eq!(parse_cap_eff("CapEff:\tzz\n"), None);
+        assert_eq!(parse_cap_eff("Name:\tx\n"), None);
+        // this test process: its own answer matches its status file
+        let me = std::process::id();
+        assert!(proc_capability(me, CAP_FSETID).is_some());
+        assert_eq!(proc_capability(u32::MAX, CAP_FSETID), None);
     }
 
     #[test]

@@ -685,6 +685,13 @@ fn writes_and_truncates_by_others_clear_setuid() {
         0o755,
         "a write by root without CAP_FSETID must clear setuid/setgid"
     );
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o6755)).unwrap();
+    as_user(0, "setpriv --bounding-set -fsetid -- truncate -s 2 \"$1\"");
+    assert_eq!(
+        mode(&p),
+        0o755,
+        "a truncate by root without CAP_FSETID must clear setuid/setgid"
+    );
 
     // The kernel must not go on honoring a setuid bit a write just cleared:
     // a setuid-root program that another user appends to and runs at once
