@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use arborfs::device::{Device, FileDevice};
 use arborfs::engine::EngineOptions;
-use arborfs::fs::fsck::{check_data, check_device};
+use arborfs::fs::fsck::{check_data, check_device, data_bytes};
 use arborfs::fs::{Fs, FsOptions};
 use serde_json::json;
 
@@ -83,7 +83,23 @@ pub fn run(image: &Path, repair: bool, data: bool, as_json: bool) -> i32 {
             },
             ..opts
         };
-        let checked = Fs::open(dev, read_only).and_then(|fs| check_data(&fs, &mut progress));
+        let checked = Fs::open(dev, read_only).and_then(|fs| {
+            // A bar on a terminal (and not with --json): this pass reads
+            // every byte of file data.
+            let bar = match as_json {
+                true => indicatif::ProgressBar::hidden(),
+                false => indicatif::ProgressBar::new(data_bytes(&fs)),
+            };
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "  {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let r = check_data(&fs, &mut progress, &mut |done| bar.set_position(done));
+            bar.finish_and_clear();
+            r
+        });
         match checked {
             Ok(d) => {
                 damaged_data = d.problems.len();

@@ -691,8 +691,13 @@ pub fn check(fs: &Fs, repair: bool, progress: &mut dyn FnMut(&str)) -> FsResult<
 /// that a compressed unit decompresses: an offline scrub, like
 /// `btrfs check --check-data-csum`. There is one copy of the data, so
 /// nothing is repaired: each bad unit is reported with the files and byte
-/// ranges that use it (shared units once per file).
-pub fn check_data(fs: &Fs, progress: &mut dyn FnMut(&str)) -> FsResult<FsckReport> {
+/// ranges that use it (shared units once per file). `verified` hears the
+/// stored bytes read so far, out of [`data_bytes`].
+pub fn check_data(
+    fs: &Fs,
+    progress: &mut dyn FnMut(&str),
+    verified: &mut dyn FnMut(u64),
+) -> FsResult<FsckReport> {
     let mut r = FsckReport::default();
     let engine = fs.engine();
     progress("naming files");
@@ -707,6 +712,7 @@ pub fn check_data(fs: &Fs, progress: &mut dyn FnMut(&str)) -> FsResult<FsckRepor
     // Verdict per stored unit (device sector): shared units are read once.
     let mut seen: HashMap<u64, Option<String>> = HashMap::new();
     let mut buf = Vec::new();
+    let mut read = 0u64;
     for k in engine.iter(BtreeId::Extents, Pos::MIN, Pos::MAX) {
         let k = k?;
         let Some(v) = ExtentValue::decode(&k.value).filter(|_| k.ty == KeyType::Extent) else {
@@ -716,6 +722,8 @@ pub fn check_data(fs: &Fs, progress: &mut dyn FnMut(&str)) -> FsResult<FsckRepor
         for ptr in &v.ptrs {
             let verdict = seen.entry(ptr.dev_sector).or_insert_with(|| {
                 buf.resize(v.stored_sectors as usize * 512, 0);
+                read += buf.len() as u64;
+                verified(read);
                 let checked = engine
                     .read_data(ptr.dev_sector, &mut buf)
                     .map_err(super::error::FsError::from)
@@ -747,6 +755,13 @@ pub fn check_data(fs: &Fs, progress: &mut dyn FnMut(&str)) -> FsResult<FsckRepor
         }
     }
     Ok(r)
+}
+
+/// Bytes of stored file data (from the persistent accounting): what
+/// [`check_data`] reads.
+pub fn data_bytes(fs: &Fs) -> u64 {
+    let c = fs.engine().counters();
+    c[Counter::UserSectors as usize].max(0) as u64 * 512
 }
 
 /// A path of inode `ino` from the directory entries in `names` (child ->
