@@ -587,11 +587,21 @@ fn human(n: u64) -> String {
 pub fn cmd_usage(path: &Path, as_json: bool) -> Result<()> {
     let meta =
         std::fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
-    let (u, source) = if meta.is_dir() {
-        (usage_of_mount(&path.canonicalize()?)?, "mount")
+    let (u, source, image) = if meta.is_dir() {
+        let mnt = path.canonicalize()?;
+        let image = find_mount(&mnt).map(|e| PathBuf::from(e.source));
+        (usage_of_mount(&mnt)?, "mount", image)
     } else {
-        (usage_of_image(path)?, "image")
+        (usage_of_image(path)?, "image", Some(path.to_path_buf()))
     };
+    // What an image file takes on its host filesystem (block devices: none).
+    let host = image.and_then(|i| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(i)
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.blocks() * 512)
+    });
     let used = u.capacity.saturating_sub(u.free);
     // Compression: logical bytes of user data per byte stored (1 when
     // nothing is compressed or there is no data).
@@ -609,6 +619,7 @@ pub fn cmd_usage(path: &Path, as_json: bool) -> Result<()> {
             "data_bytes": u.data,
             "metadata_bytes": u.metadata,
             "free_bytes": u.free,
+            "image_host_bytes": host,
             "compression": {
                 "uncompressed_bytes": u.uncompressed,
                 "stored_bytes": u.data,
@@ -639,6 +650,16 @@ pub fn cmd_usage(path: &Path, as_json: bool) -> Result<()> {
             human(l),
             human(s)
         );
+    }
+    if let Some(h) = host {
+        // Space freed inside the filesystem stays allocated in a sparse
+        // image until it is trimmed.
+        let hint = if h > used + used / 8 + (64 << 20) {
+            " (`arborfs trim` gives free space back)"
+        } else {
+            ""
+        };
+        println!("  image on host:     {}{hint}", human(h));
     }
     Ok(())
 }

@@ -219,6 +219,16 @@ fn trim_returns_deleted_space_to_the_host() {
         "the image went from {before} to {after} bytes"
     );
     assert_eq!(fs::read(f.p("keep")).unwrap(), keep);
+    // usage reports what the image takes on the host
+    let out = arborfs(&["usage", "--json", f.mnt()]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let host = v["image_host_bytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(
+        host.abs_diff(allocated(&f.image)) < 4 << 20,
+        "{host} vs {after}"
+    );
     f.umount();
     // Unmounted: the image is trimmed directly; fsck stays clean.
     let out = arborfs(&["trim", f.image()]);
