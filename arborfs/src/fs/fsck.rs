@@ -691,7 +691,7 @@ pub fn check(fs: &Fs, repair: bool, progress: &mut dyn FnMut(&str)) -> FsResult<
 /// that a compressed unit decompresses: an offline scrub, like
 /// `btrfs check --check-data-csum`. There is one copy of the data, so
 /// nothing is repaired: each bad unit is reported with the files and byte
-/// ranges that use it (shared units once per file). `verified` hears the
+/// ranges that use it. `verified` hears the
 /// stored bytes read so far, out of [`data_bytes`].
 pub fn check_data(
     fs: &Fs,
@@ -700,16 +700,13 @@ pub fn check_data(
 ) -> FsResult<FsckReport> {
     let mut r = FsckReport::default();
     let engine = fs.engine();
-    progress("naming files");
-    let mut names: HashMap<u64, (u64, Vec<u8>)> = HashMap::new();
-    for k in engine.iter(BtreeId::Dirents, Pos::MIN, Pos::MAX) {
-        let k = k?;
-        if let Some(d) = DirentValue::decode(&k.value).filter(|_| k.ty == KeyType::Dirent) {
-            names.entry(d.target).or_insert((k.pos.inode, d.name));
-        }
-    }
     progress("checking file data");
-    // Verdict per stored unit (device sector): shared units are read once.
+    // (inode, first byte, end byte, why) of each damaged piece.
+    let mut damaged: Vec<(u64, u64, u64, String)> = Vec::new();
+    // Verdict per stored unit (device sector), so that the pieces of a unit
+    // split by overwrites are read once. Bounded: a filesystem may hold far
+    // more units than memory; past the bound a unit may be read again.
+    const SEEN_MAX: usize = 1 << 16;
     let mut seen: HashMap<u64, Option<String>> = HashMap::new();
     let mut buf = Vec::new();
     let mut read = 0u64;
@@ -719,6 +716,9 @@ pub fn check_data(
             continue; // the metadata pass reports undecodable extents
         };
         r.extents += 1;
+        if seen.len() >= SEEN_MAX {
+            seen.clear();
+        }
         for ptr in &v.ptrs {
             let verdict = seen.entry(ptr.dev_sector).or_insert_with(|| {
                 buf.resize(v.stored_sectors as usize * 512, 0);
@@ -741,20 +741,56 @@ pub fn check_data(
                 checked.err().map(|e| e.to_string())
             });
             if let Some(why) = verdict {
-                let path = path_of(&names, k.pos.inode);
-                r.problem(
-                    false,
-                    format!(
-                        "file data of inode {} ({path}) at bytes {}..{} is damaged: {why}",
-                        k.pos.inode,
-                        k.start() * 512,
-                        k.pos.offset * 512,
-                    ),
-                );
+                damaged.push((
+                    k.pos.inode,
+                    k.start() * 512,
+                    k.pos.offset * 512,
+                    why.clone(),
+                ));
             }
         }
     }
+    if !damaged.is_empty() {
+        progress("naming damaged files");
+        let names = names_of(fs, damaged.iter().map(|d| d.0).collect())?;
+        for (ino, from, to, why) in damaged {
+            let path = path_of(&names, ino);
+            r.problem(
+                false,
+                format!(
+                    "file data of inode {ino} ({path}) at bytes {from}..{to} is damaged: {why}"
+                ),
+            );
+        }
+    }
     Ok(r)
+}
+
+/// The directory entry (parent, name) of each inode in `wanted` and of
+/// every directory above them: one pass over the entries per level, so
+/// memory stays proportional to the inodes asked about.
+fn names_of(fs: &Fs, mut wanted: HashSet<u64>) -> FsResult<HashMap<u64, (u64, Vec<u8>)>> {
+    let mut names: HashMap<u64, (u64, Vec<u8>)> = HashMap::new();
+    for _level in 0..256 {
+        wanted.retain(|i| *i != ROOT_INO.0 && !names.contains_key(i));
+        if wanted.is_empty() {
+            break;
+        }
+        let mut found = HashSet::new();
+        for k in fs.engine().iter(BtreeId::Dirents, Pos::MIN, Pos::MAX) {
+            let k = k?;
+            let Some(d) = DirentValue::decode(&k.value).filter(|_| k.ty == KeyType::Dirent) else {
+                continue;
+            };
+            if wanted.contains(&d.target) && !names.contains_key(&d.target) {
+                found.insert(k.pos.inode);
+                names.insert(d.target, (k.pos.inode, d.name));
+            }
+        }
+        // Inodes without any entry stay unnamed ("?"); go up one level.
+        wanted = found;
+    }
+    Ok(names)
 }
 
 /// Bytes of stored file data (from the persistent accounting): what
