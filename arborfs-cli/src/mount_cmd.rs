@@ -404,7 +404,15 @@ pub fn cmd_trim(path: &Path) -> Result<()> {
     } else {
         let dev = FileDevice::open(path, true)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        lock_image(&dev, path)?;
+        if !dev
+            .try_lock_exclusive()
+            .with_context(|| format!("cannot lock {}", path.display()))?
+        {
+            bail!(
+                "{} is in use (mounted?); trim the mount point instead: arborfs trim MOUNTPOINT",
+                path.display()
+            );
+        }
         let fs = Fs::open(Arc::new(dev), FsOptions::default())
             .with_context(|| format!("cannot open the filesystem on {}", path.display()))?;
         let r = fs
