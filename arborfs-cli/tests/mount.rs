@@ -229,6 +229,14 @@ fn trim_returns_deleted_space_to_the_host() {
         host.abs_diff(allocated(&f.image)) < 4 << 20,
         "{host} vs {after}"
     );
+    // The mounted image itself is refused at once, with the way to do it.
+    let out = arborfs(&["trim", f.image()]);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("trim the mount point"),
+        "{}",
+        out.stderr
+    );
     f.umount();
     // Unmounted: the image is trimmed directly; fsck stays clean.
     let out = arborfs(&["trim", f.image()]);
