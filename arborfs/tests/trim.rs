@@ -18,19 +18,19 @@ use common::pattern;
 
 const MIB: u64 = 1 << 20;
 
-fn open(path: &Path) -> Fs {
-    Fs::open_image(
-        path,
-        256 * MIB,
-        FsOptions {
-            engine: EngineOptions {
-                background: false,
-                ..Default::default()
-            },
+/// Options without the background thread: the tests drive every step.
+fn opts() -> FsOptions {
+    FsOptions {
+        engine: EngineOptions {
+            background: false,
             ..Default::default()
         },
-    )
-    .unwrap()
+        ..Default::default()
+    }
+}
+
+fn open(path: &Path) -> Fs {
+    Fs::open_image(path, 256 * MIB, opts()).unwrap()
 }
 
 /// Bytes the image really occupies on the host filesystem.
@@ -157,5 +157,75 @@ fn trims_racing_writers_lose_nothing() {
             "{name} after reopen"
         );
     }
+    fs.close().unwrap();
+}
+
+/// Detaches a loop device when dropped, so a failing test leaves none.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+/// On a block device trim discards (BLKDISCARD): a loop device turns that
+/// into holes in its backing file.
+#[test]
+fn trim_discards_on_a_block_device() {
+    use arborfs::device::{Device, FileDevice};
+    use arborfs::sb::FormatOptions;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let losetup = std::process::Command::new("losetup")
+        .arg("--version")
+        .output();
+    if !root || losetup.is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run this as root with losetup"
+        );
+        eprintln!("skipped: needs root and losetup");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let backing = dir.path().join("backing");
+    std::fs::File::create(&backing)
+        .unwrap()
+        .set_len(256 * MIB)
+        .unwrap();
+    let out = std::process::Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&backing)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dev_path = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let _detach = Loop(dev_path.clone());
+
+    let dev = Arc::new(FileDevice::open(Path::new(&dev_path), true).unwrap());
+    Fs::format(dev.clone(), &FormatOptions::for_device(dev.size())).unwrap();
+    let fs = Fs::open(dev, opts()).unwrap();
+    let keep = pattern(5, 4 * MIB as usize);
+    let ik = create(&fs, "keep", &keep);
+    create(&fs, "big", &pattern(6, 64 * MIB as usize));
+    fs.sync().unwrap();
+    let with_big = allocated(&backing);
+    assert!(with_big >= 64 * MIB, "backing file holds {with_big} bytes");
+    fs.unlink(&Caller::root(), ROOT_INO, b"big").unwrap();
+    let r = fs.trim().unwrap();
+    assert!(r.bytes >= 60 * MIB, "{r:?}");
+    let after = allocated(&backing);
+    assert!(
+        with_big - after >= 56 * MIB,
+        "the backing file went from {with_big} to {after} bytes"
+    );
+    assert_eq!(read_all(&fs, ik, keep.len()), keep);
     fs.close().unwrap();
 }
