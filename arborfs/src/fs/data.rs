@@ -219,7 +219,7 @@ fn zero_gaps(out: &mut [u8], offset: u64, pieces: &[Piece]) {
 }
 
 /// Checks a stored unit's checksum.
-pub(crate) fn verify_unit(v: &ExtentValue, ptr: &ExtentPtr, stored: &[u8]) -> FsResult<()> {
+fn verify_unit(v: &ExtentValue, ptr: &ExtentPtr, stored: &[u8]) -> FsResult<()> {
     let kind = checksum_type(v.csum_type)?;
     if checksum(kind, stored) != v.csum {
         tracing::error!(sector = ptr.dev_sector, "data checksum mismatch");
@@ -229,6 +229,28 @@ pub(crate) fn verify_unit(v: &ExtentValue, ptr: &ExtentPtr, stored: &[u8]) -> Fs
         )));
     }
     Ok(())
+}
+
+/// The plain bytes of a stored unit read from disk: its checksum verified,
+/// then decompressed if it is compressed.
+pub(crate) fn plain_unit<'a>(
+    v: &ExtentValue,
+    ptr: &ExtentPtr,
+    stored: Cow<'a, [u8]>,
+) -> FsResult<Cow<'a, [u8]>> {
+    verify_unit(v, ptr, &stored)?;
+    if v.compression == 0 {
+        return Ok(stored);
+    }
+    let len = v.uncompressed_sectors as usize * SECTOR_BYTES as usize;
+    let plain = compress::decompress_unit(v.compression, &stored, len).map_err(|e| {
+        tracing::error!(sector = ptr.dev_sector, "bad compressed data: {e}");
+        FsError::Io(format!(
+            "bad compressed data at sector {}: {e}",
+            ptr.dev_sector
+        ))
+    })?;
+    Ok(Cow::Owned(plain))
 }
 
 /// Data written by `store`: the keys to commit, and the pins that keep
@@ -488,19 +510,7 @@ impl FsCore {
                 Cow::Owned(d)
             }
         };
-        verify_unit(v, ptr, &data)?;
-        if v.compression == 0 {
-            return Ok(data);
-        }
-        let len = v.uncompressed_sectors as usize * SECTOR_BYTES as usize;
-        let plain = compress::decompress_unit(v.compression, &data, len).map_err(|e| {
-            tracing::error!(sector = ptr.dev_sector, "bad compressed data: {e}");
-            FsError::Io(format!(
-                "bad compressed data at sector {}: {e}",
-                ptr.dev_sector
-            ))
-        })?;
-        Ok(Cow::Owned(plain))
+        plain_unit(v, ptr, data)
     }
 
     /// Writes `data` at `offset` straight to disk (new extents and the

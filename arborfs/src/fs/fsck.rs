@@ -8,6 +8,7 @@
 //! and allocation: alloc keys, the freespace index and the accounting totals
 //! are recomputed from the extents and b-tree nodes and compared.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::acl::Acl;
@@ -722,22 +723,14 @@ pub fn check_data(
         for ptr in &v.ptrs {
             let verdict = seen.entry(ptr.dev_sector).or_insert_with(|| {
                 buf.resize(v.stored_sectors as usize * 512, 0);
-                read += buf.len() as u64;
-                verified(read);
+                // What the read path does with the unit's bytes.
                 let checked = engine
                     .read_data(ptr.dev_sector, &mut buf)
                     .map_err(super::error::FsError::from)
-                    .and_then(|()| super::data::verify_unit(&v, ptr, &buf))
-                    .and_then(|()| match v.compression {
-                        0 => Ok(()),
-                        c => super::compress::decompress_unit(
-                            c,
-                            &buf,
-                            v.uncompressed_sectors as usize * 512,
-                        )
-                        .map(|_| ())
-                        .map_err(super::error::FsError::Io),
-                    });
+                    .and_then(|()| super::data::plain_unit(&v, ptr, Cow::Borrowed(&buf)))
+                    .map(|_| ());
+                read += buf.len() as u64;
+                verified(read);
                 checked.err().map(|e| e.to_string())
             });
             if let Some(why) = verdict {
