@@ -11,9 +11,15 @@ pub const MAY_READ: u32 = 4;
 pub const MAY_WRITE: u32 = 2;
 pub const MAY_EXEC: u32 = 1;
 
+/// Whether an access ACL would decide `caller`'s access to `inode`: as in
+/// the kernel, not for root or the owner, and not when the group bits are
+/// all clear.
+pub(crate) fn acl_applies(caller: &Caller, inode: &InodeValue) -> bool {
+    !caller.is_root() && caller.uid != inode.uid && inode.mode & 0o070 != 0
+}
+
 /// `check_access` with the inode's access ACL, read (one xattr lookup) only
-/// when the kernel would consult it: a caller other than root and the owner,
-/// and group bits that are not all clear.
+/// when it applies.
 pub(crate) fn may_access(
     tx: &mut Transaction<'_>,
     caller: &Caller,
@@ -21,10 +27,10 @@ pub(crate) fn may_access(
     inode: &InodeValue,
     mask: u32,
 ) -> FsResult<()> {
-    if caller.is_root() || caller.uid == inode.uid || inode.mode & 0o070 == 0 {
-        return check_access(caller, inode, None, mask);
-    }
-    let acl = read_acl(tx, ino, AclKind::Access)?;
+    let acl = match acl_applies(caller, inode) {
+        true => read_acl(tx, ino, AclKind::Access)?,
+        false => None,
+    };
     check_access(caller, inode, acl.as_ref(), mask)
 }
 
@@ -45,8 +51,7 @@ pub fn check_access(
         return Ok(());
     }
     if let Some(acl) = acl
-        && caller.uid != inode.uid
-        && inode.mode & 0o070 != 0
+        && acl_applies(caller, inode)
     {
         return match acl.permits(caller, inode.uid, inode.gid, mask) {
             true => Ok(()),

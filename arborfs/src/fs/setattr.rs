@@ -7,7 +7,7 @@ use super::acl::Acl;
 use super::error::{FsError, FsResult};
 use super::inode::{read_inode, to_attr, write_inode};
 use super::inode_format::InodeValue;
-use super::perm::{MAY_WRITE, check_access, check_owner, may_access};
+use super::perm::{MAY_WRITE, acl_applies, check_access, check_owner, may_access};
 use super::types::*;
 use super::xattr::{AclKind, read_acl, write_acl};
 use crate::btree::trans::Durability;
@@ -141,7 +141,12 @@ impl FsCore {
         self.writeback_inode_locked(ino)?;
         let a = self.tx(Durability::Lazy, |tx| {
             let mut v = read_inode(tx, ino)?;
-            let acl = read_acl(tx, ino, AclKind::Access)?;
+            // The access ACL matters to a chmod (it follows the mode) and to
+            // the access checks of others; spare the lookup otherwise.
+            let acl = match set.mode.is_some() || acl_applies(caller, &v) {
+                true => read_acl(tx, ino, AclKind::Access)?,
+                false => None,
+            };
             apply(caller, &mut v, acl.as_ref(), set, Timespec::now())?;
             if let Some(mut acl) = acl
                 && set.mode.is_some()

@@ -258,7 +258,9 @@ impl FsCore {
             return self.tx(Durability::Lazy, |tx| {
                 let mut v = read_inode(tx, ino)?;
                 check_perm(tx, ino, caller, &v, ns, short, true)?;
-                let exists = read_acl(tx, ino, kind)?.is_some();
+                // Only whether one is there: a damaged stored ACL can still
+                // be replaced.
+                let exists = probe(tx, ino, ns, short)?.0.is_some();
                 match (how, exists) {
                     (XattrSet::Create, true) => return Err(FsError::Exists),
                     (XattrSet::Replace, false) => return Err(FsError::NoAttr),
