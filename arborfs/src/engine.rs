@@ -756,11 +756,7 @@ impl Engine {
             let mut runs: Vec<(u64, u64)> = Vec::new();
             for k in &batch {
                 let b = k.pos.offset;
-                if b < geo.first_data_bucket
-                    || b >= geo.nbuckets
-                    || st.is_busy(b)
-                    || st.pending_empty.contains_key(&b)
-                {
+                if b < geo.first_data_bucket || b >= geo.nbuckets || !st.reusable_now(b) {
                     continue;
                 }
                 match runs.last_mut() {

@@ -224,6 +224,12 @@ impl AllocState {
         }
     }
 
+    /// Whether free bucket `bucket` may be handed out (or discarded) now:
+    /// not busy, and its emptying durable (call `note_durable` first).
+    pub fn reusable_now(&self, bucket: u64) -> bool {
+        !self.is_busy(bucket) && !self.pending_empty.contains_key(&bucket)
+    }
+
     /// Forgets emptied buckets whose emptying is now durable.
     pub fn note_durable(&mut self, durable_seq: u64) {
         self.pending_empty.retain(|_, seq| *seq > durable_seq);
@@ -269,7 +275,7 @@ impl AllocState {
                         format!("freespace key for bucket {b} outside the data area"),
                     ));
                 }
-                if self.is_busy(b) || self.pending_empty.contains_key(&b) {
+                if !self.reusable_now(b) {
                     continue;
                 }
                 let generation = match alloc.get(ctx, bucket_pos(b))? {

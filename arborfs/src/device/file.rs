@@ -30,15 +30,14 @@ impl FileDevice {
             .write(writable)
             .open(path)
             .map_err(open_err)?;
-        let size = device_size(&file).map_err(open_err)?;
-        let is_block = file
-            .metadata()
-            .map_err(open_err)?
-            .file_type()
-            .is_block_device();
+        FileDevice::from_file(file, path).map_err(open_err)
+    }
+
+    fn from_file(file: File, path: &Path) -> io::Result<FileDevice> {
+        let is_block = file.metadata()?.file_type().is_block_device();
         Ok(FileDevice {
+            size: device_size(&file)?,
             file,
-            size,
             is_block,
             path: path.display().to_string(),
         })
@@ -62,18 +61,7 @@ impl FileDevice {
         if meta.file_type().is_file() && meta.len() < size {
             file.set_len(size).map_err(open_err)?;
         }
-        let size = device_size(&file).map_err(open_err)?;
-        let is_block = file
-            .metadata()
-            .map_err(open_err)?
-            .file_type()
-            .is_block_device();
-        Ok(FileDevice {
-            file,
-            size,
-            is_block,
-            path: path.display().to_string(),
-        })
+        FileDevice::from_file(file, path).map_err(open_err)
     }
 
     /// The path this device was opened from.
