@@ -15,7 +15,6 @@ use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -147,6 +146,16 @@ fn caller(req: &Request) -> Caller {
         groups,
         fsetid: uid == 0,
         umask: 0,
+    }
+}
+
+/// The caller of a request that creates an inode: with FUSE_DONT_MASK the
+/// kernel leaves the umask to us (the library applies it unless the
+/// directory has a default ACL).
+fn creator(req: &Request, umask: u32) -> Caller {
+    Caller {
+        umask,
+        ..caller(req)
     }
 }
 
@@ -322,8 +331,9 @@ pub struct ArborFuse {
     /// Open handles with write access, per inode (see `lseek`).
     writers: Mutex<HashMap<InodeNo, u32>>,
     /// The kernel took FUSE_HANDLE_KILLPRIV_V2: every write then says
-    /// whether its writer lacks CAP_FSETID (FUSE_WRITE_KILL_SUIDGID).
-    killpriv_v2: AtomicBool,
+    /// whether its writer lacks CAP_FSETID (FUSE_WRITE_KILL_SUIDGID). Set by
+    /// `init`, before any other request.
+    killpriv_v2: bool,
 }
 
 /// Setting this xattr on any file (as root) writes back all dirty data and
@@ -355,7 +365,7 @@ impl ArborFuse {
             fs,
             notifier: Arc::new(std::sync::OnceLock::new()),
             writers: Mutex::new(HashMap::new()),
-            killpriv_v2: AtomicBool::new(false),
+            killpriv_v2: false,
         }
     }
 
@@ -458,7 +468,7 @@ impl Filesystem for ArborFuse {
             // Old kernels without one of these still work.
             let taken = config.add_capabilities(cap).is_ok();
             if cap == InitFlags::FUSE_HANDLE_KILLPRIV_V2 {
-                self.killpriv_v2.store(taken, Ordering::Relaxed);
+                self.killpriv_v2 = taken;
             }
         }
         Ok(())
@@ -565,14 +575,8 @@ impl Filesystem for ArborFuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        // The library applies the umask, unless the directory has a default
-        // ACL (the kernel leaves both to us: FUSE_DONT_MASK).
-        let who = Caller {
-            umask,
-            ..caller(req)
-        };
         let r = self.fs.mknod(
-            &who,
+            &creator(req, umask),
             node_to_ino(parent),
             name.as_bytes(),
             mode,
@@ -590,14 +594,14 @@ impl Filesystem for ArborFuse {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let who = Caller {
-            umask,
-            ..caller(req)
-        };
         reply_entry(
             reply,
-            self.fs
-                .mkdir(&who, node_to_ino(parent), name.as_bytes(), mode & 0o7777),
+            self.fs.mkdir(
+                &creator(req, umask),
+                node_to_ino(parent),
+                name.as_bytes(),
+                mode & 0o7777,
+            ),
         );
     }
 
@@ -744,7 +748,7 @@ impl Filesystem for ArborFuse {
         reply: ReplyWrite,
     ) {
         let mut who = caller(req);
-        if self.killpriv_v2.load(Ordering::Relaxed) {
+        if self.killpriv_v2 {
             // The kernel knows the writer's capabilities; the uid does not
             // (root in a container without CAP_FSETID must clear setuid).
             who.fsetid = !write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
@@ -921,22 +925,18 @@ impl Filesystem for ArborFuse {
             reply.error(err(libc::EINVAL));
             return;
         }
-        if name.as_bytes() == DROP_CACHES_XATTR {
-            // A control, not an attribute: root only (like
-            // /proc/sys/vm/drop_caches); nothing is stored.
-            if req.uid() != 0 {
-                reply.error(err(libc::EPERM));
-                return;
+        // Controls, not attributes: root only (like /proc/sys/vm/drop_caches
+        // and fstrim); nothing is stored.
+        let control: Option<fn(&Fs) -> FsResult<()>> = match name.as_bytes() {
+            DROP_CACHES_XATTR => Some(|fs| fs.drop_caches()),
+            TRIM_XATTR => Some(|fs| fs.trim().map(|_| ())),
+            _ => None,
+        };
+        if let Some(run) = control {
+            match req.uid() {
+                0 => reply_empty(reply, run(&self.fs)),
+                _ => reply.error(err(libc::EPERM)),
             }
-            reply_empty(reply, self.fs.drop_caches());
-            return;
-        }
-        if name.as_bytes() == TRIM_XATTR {
-            if req.uid() != 0 {
-                reply.error(err(libc::EPERM));
-                return;
-            }
-            reply_empty(reply, self.fs.trim().map(|_| ()));
             return;
         }
         let how = match flags {
@@ -1001,10 +1001,7 @@ impl Filesystem for ArborFuse {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let who = Caller {
-            umask,
-            ..caller(req)
-        };
+        let who = creator(req, umask);
         let parent = node_to_ino(parent);
         let kind = if mode & S_IFMT == 0 {
             S_IFREG
@@ -1574,7 +1571,7 @@ mod tests {
         );
         assert_eq!(parse_cap_eff("CapEff:\tzz\n"), None);
         assert_eq!(parse_cap_eff("Name:\tx\n"), None);
-        // this test process: its own answer matches its status file
+        // this test process can be asked; a process that is gone cannot
         let me = std::process::id();
         assert!(proc_capability(me, CAP_FSETID).is_some());
         assert_eq!(proc_capability(u32::MAX, CAP_FSETID), None);
