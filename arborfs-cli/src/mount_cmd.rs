@@ -389,53 +389,57 @@ pub fn cmd_sync(mountpoint: &Path) -> Result<()> {
 pub fn cmd_trim(path: &Path) -> Result<()> {
     let meta =
         std::fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
-    let image_bytes = |image: &Path| {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(image).map(|m| m.blocks() * 512).ok()
-    };
-    let (image, trimmed) = if meta.is_dir() {
+    if meta.is_dir() {
         let (mnt, entry) = arborfs_mount(path)?;
         let image = PathBuf::from(&entry.source);
-        let before = image_bytes(&image);
+        let before = host_bytes(&image);
         set_control_xattr(&mnt, fuse::TRIM_XATTR, b"1")
             .with_context(|| format!("trim of {} failed (as root?)", mnt.display()))?;
-        let after = image_bytes(&image);
-        (image, before.zip(after).map(|(b, a)| b.saturating_sub(a)))
-    } else {
-        let dev = FileDevice::open(path, true)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        if !dev
-            .try_lock_exclusive()
-            .with_context(|| format!("cannot lock {}", path.display()))?
-        {
-            bail!(
-                "{} is in use (mounted?); trim the mount point instead: arborfs trim MOUNTPOINT",
-                path.display()
-            );
+        match (before, host_bytes(&image)) {
+            (Some(b), Some(a)) => println!(
+                "{}: {} returned to the host; the image now takes {}",
+                image.display(),
+                human(b.saturating_sub(a)),
+                human(a)
+            ),
+            _ => println!("{}: trimmed", mnt.display()),
         }
-        let fs = Fs::open(Arc::new(dev), FsOptions::default())
-            .with_context(|| format!("cannot open the filesystem on {}", path.display()))?;
-        let r = fs
-            .trim()
-            .with_context(|| format!("trim of {} failed", path.display()))?;
-        fs.close()?;
-        println!(
-            "{}: {} free buckets ({}) discarded",
-            path.display(),
-            r.buckets,
-            human(r.bytes)
-        );
-        (path.to_path_buf(), None)
-    };
-    if let Some(freed) = trimmed {
-        println!(
-            "{}: {} returned to the host; the image now takes {}",
-            image.display(),
-            human(freed),
-            human(image_bytes(&image).unwrap_or(0))
+        return Ok(());
+    }
+    let dev =
+        FileDevice::open(path, true).with_context(|| format!("cannot open {}", path.display()))?;
+    if !dev
+        .try_lock_exclusive()
+        .with_context(|| format!("cannot lock {}", path.display()))?
+    {
+        bail!(
+            "{} is in use (mounted?); trim the mount point instead: arborfs trim MOUNTPOINT",
+            path.display()
         );
     }
+    let fs = Fs::open(Arc::new(dev), FsOptions::default())
+        .with_context(|| format!("cannot open the filesystem on {}", path.display()))?;
+    let r = fs
+        .trim()
+        .with_context(|| format!("trim of {} failed", path.display()))?;
+    fs.close()?;
+    println!(
+        "{}: {} free buckets ({}) discarded",
+        path.display(),
+        r.buckets,
+        human(r.bytes)
+    );
     Ok(())
+}
+
+/// What an image file takes on its host filesystem (`None` for a block
+/// device or what cannot be read).
+fn host_bytes(image: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(image)
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.blocks() * 512)
 }
 
 /// Sets a control xattr (see `fuse::TRIM_XATTR`) on the mount point.
@@ -602,14 +606,7 @@ pub fn cmd_usage(path: &Path, as_json: bool) -> Result<()> {
     } else {
         (usage_of_image(path)?, "image", Some(path.to_path_buf()))
     };
-    // What an image file takes on its host filesystem (block devices: none).
-    let host = image.and_then(|i| {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(i)
-            .ok()
-            .filter(|m| m.is_file())
-            .map(|m| m.blocks() * 512)
-    });
+    let host = image.as_deref().and_then(host_bytes);
     let used = u.capacity.saturating_sub(u.free);
     // Compression: logical bytes of user data per byte stored (1 when
     // nothing is compressed or there is no data).
