@@ -1,6 +1,8 @@
 //! fsck finds nothing on a healthy filesystem, and finds and repairs each
 //! class of damage (a second run is then clean).
 
+mod common;
+
 use std::sync::Arc;
 
 use arborfs::alloc::alloc_format::AllocValue;
@@ -11,17 +13,8 @@ use arborfs::fs::{Caller, Fs, FsOptions, InodeNo, ROOT_INO, S_IFREG};
 use arborfs::sb::FormatOptions;
 use arborfs::{BtreeId, Durability, Key, KeyType, Pos};
 
-fn opts() -> FsOptions {
-    FsOptions {
-        engine: EngineOptions {
-            background: false,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-}
+use common::fs_opts as opts;
 
-/// A filesystem with directories, files with data, a symlink and a hard link.
 /// A fresh 64 MiB filesystem in memory with b-tree nodes of `node_size`.
 fn new_fs(node_size: u32) -> (Arc<MemDevice>, Fs) {
     let dev = Arc::new(MemDevice::new(64 << 20));
@@ -38,6 +31,7 @@ fn new_fs(node_size: u32) -> (Arc<MemDevice>, Fs) {
     (dev, fs)
 }
 
+/// A filesystem with directories, files with data, a symlink and a hard link.
 fn populated() -> (Arc<MemDevice>, InodeNo, InodeNo) {
     let (dev, fs) = new_fs(64 << 10);
     let me = Caller::root();

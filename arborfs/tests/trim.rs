@@ -11,26 +11,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use arborfs::engine::EngineOptions;
 use arborfs::fs::fsck::check;
-use arborfs::fs::{Caller, Fs, FsOptions, InodeNo, ROOT_INO, S_IFREG};
-use common::pattern;
+use arborfs::fs::{Caller, Fs, InodeNo, ROOT_INO, S_IFREG};
+use common::{fs_opts, pattern};
 
 const MIB: u64 = 1 << 20;
 
-/// Options without the background thread: the tests drive every step.
-fn opts() -> FsOptions {
-    FsOptions {
-        engine: EngineOptions {
-            background: false,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-}
-
 fn open(path: &Path) -> Fs {
-    Fs::open_image(path, 256 * MIB, opts()).unwrap()
+    Fs::open_image(path, 256 * MIB, fs_opts()).unwrap()
 }
 
 /// Bytes the image really occupies on the host filesystem.
@@ -211,7 +199,7 @@ fn trim_discards_on_a_block_device() {
 
     let dev = Arc::new(FileDevice::open(Path::new(&dev_path), true).unwrap());
     Fs::format(dev.clone(), &FormatOptions::for_device(dev.size())).unwrap();
-    let fs = Fs::open(dev, opts()).unwrap();
+    let fs = Fs::open(dev, fs_opts()).unwrap();
     let keep = pattern(5, 4 * MIB as usize);
     let ik = create(&fs, "keep", &keep);
     create(&fs, "big", &pattern(6, 64 * MIB as usize));

@@ -2,6 +2,7 @@
 use std::sync::Arc;
 
 use arborfs::device::{Device, MemDevice};
+use arborfs::fs::FsOptions;
 use arborfs::sb::FormatOptions;
 use arborfs::{Engine, EngineOptions};
 
@@ -26,6 +27,18 @@ pub fn mem_engine(size: u64) -> (Arc<MemDevice>, Engine) {
     )
     .unwrap();
     (dev, e)
+}
+
+/// Filesystem options without the background thread: the test drives
+/// every flush and checkpoint.
+pub fn fs_opts() -> FsOptions {
+    FsOptions {
+        engine: EngineOptions {
+            background: false,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
 }
 
 /// `len` pseudo-random bytes (xorshift), the same for the same `seed`.
